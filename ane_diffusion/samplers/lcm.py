@@ -18,13 +18,13 @@ TIMESTEP_SCALING = 10.0
 
 
 def lcm_timesteps(num_steps: int, original_steps: int = 50, num_train_timesteps: int = 1000) -> np.ndarray:
-    """LCM's timesteps: every k-th point of its ``original_steps``-point training grid."""
+    """LCM's timesteps: evenly spaced points of its ``original_steps``-point training grid."""
     if not 1 <= num_steps <= original_steps:
         raise ValueError(f"LCM steps must be in 1..{original_steps}, got {num_steps}")
     c = num_train_timesteps // original_steps
     origin = np.arange(1, original_steps + 1) * c - 1
-    skip = len(origin) // num_steps
-    return origin[::-1][::skip][:num_steps].astype(np.int64)
+    indices = np.floor(np.linspace(0, len(origin), num=num_steps, endpoint=False)).astype(np.int64)
+    return origin[::-1][indices].astype(np.int64)
 
 
 def lcm_boundary_scalings(t: int, timestep_scaling: float = TIMESTEP_SCALING):

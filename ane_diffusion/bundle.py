@@ -1,0 +1,188 @@
+"""Model bundles: where a model's configs, weights, tokenizer and card come from.
+
+A bundle is resolved from one of:
+
+* a diffusers-format folder (``model_index.json``, ``unet/``, ``text_encoder/``, ``tokenizer/``,
+  ``vae/``, ``scheduler/``, optionally ``ane_diffusion.json``);
+* a Hugging Face hub id such as ``org/name``, through the local hub cache (offline, a clear
+  error rather than a traceback);
+* a single-file ``.safetensors`` checkpoint: this project's own single-file format (every
+  component's weights under a prefix, configs and tokenizer in the header metadata), or an
+  original Stable Diffusion checkpoint, which diffusers converts when its configs are reachable.
+* the name ``default`` (or nothing): the embedded demo model shipped inside the package.
+
+Only safetensors weights are ever read: a checkpoint is never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .card import CARD_NAME, CardError, ModelCard, infer_card
+from .schedule import DiscreteSchedule
+
+COMPONENTS = ("unet", "text_encoder", "vae")
+WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors",
+                "text_encoder": "model.safetensors",
+                "vae": "diffusion_pytorch_model.safetensors"}
+SINGLE_FILE_KEY = "ane_diffusion_bundle"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DEFAULT_MODEL = "default"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or read; the message names the problem in one line."""
+
+
+@dataclass
+class Bundle:
+    """Configs, card and weight locations of one model, independent of any backend."""
+
+    source: str
+    configs: dict
+    """``{"unet": ..., "text_encoder": ..., "vae": ..., "scheduler": ...}`` config dicts."""
+    card: ModelCard
+    tokenizer_files: dict
+    """``{"vocab.json": text, "merges.txt": text}``."""
+    root: Optional[Path] = None
+    single_file: Optional[Path] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def schedule(self) -> DiscreteSchedule:
+        return DiscreteSchedule.from_diffusers_config(self.configs["scheduler"])
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.configs["vae"].get("block_out_channels", [0, 0, 0, 0])) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.configs["unet"].get("in_channels", 4))
+
+    @property
+    def default_size(self) -> int:
+        return int(self.configs["unet"].get("sample_size", 64)) * self.vae_scale_factor
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.configs["vae"].get("scaling_factor", 0.18215))
+
+    def tokenizer(self):
+        from .tokenizer import CLIPTokenizer
+
+        return CLIPTokenizer.from_strings(self.tokenizer_files["vocab.json"], self.tokenizer_files["merges.txt"])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"model folder is missing {path.parent.name}/{path.name}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+
+
+def _load_card(folder: Path, configs: dict) -> ModelCard:
+    if (folder / CARD_NAME).exists():
+        try:
+            return ModelCard.load(folder)
+        except (CardError, TypeError) as exc:
+            raise ModelLoadError(f"bad model card {folder / CARD_NAME}: {exc}") from None
+    return infer_card(configs["unet"], configs["scheduler"])
+
+
+def load_folder(folder: Path, source: Optional[str] = None) -> Bundle:
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists():
+        raise ModelLoadError(f"{folder} is not a diffusers model folder (no model_index.json)")
+    _read_json(folder / "model_index.json")
+    configs = {name: _read_json(folder / name / "config.json") for name in COMPONENTS}
+    configs["scheduler"] = _read_json(folder / "scheduler" / "scheduler_config.json")
+    for name in COMPONENTS:
+        if not (folder / name / WEIGHT_FILES[name]).exists():
+            pickled = list((folder / name).glob("*.bin")) + list((folder / name).glob("*.ckpt"))
+            why = " (only pickled .bin weights found; they are never loaded)" if pickled else ""
+            raise ModelLoadError(f"model folder is missing {name}/{WEIGHT_FILES[name]}{why}")
+    tokenizer_files = {}
+    for name in ("vocab.json", "merges.txt"):
+        path = folder / "tokenizer" / name
+        if not path.exists():
+            raise ModelLoadError(f"model folder is missing tokenizer/{name}")
+        tokenizer_files[name] = path.read_text(encoding="utf-8")
+    return Bundle(source=source or str(folder), configs=configs, card=_load_card(folder, configs),
+                  tokenizer_files=tokenizer_files, root=folder)
+
+
+def load_single_file(path: Path) -> Bundle:
+    """A ``.safetensors`` file in this project's single-file format (see :func:`save_single_file`)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from None
+    if SINGLE_FILE_KEY not in metadata:
+        return Bundle(source=str(path), configs={}, card=ModelCard(), tokenizer_files={},
+                      single_file=Path(path), extra={"original_sd": True})
+    payload = json.loads(metadata[SINGLE_FILE_KEY])
+    try:
+        card = ModelCard.from_dict(payload["card"])
+    except (CardError, TypeError) as exc:
+        raise ModelLoadError(f"bad model card in {path}: {exc}") from None
+    return Bundle(source=str(path), configs=payload["configs"], card=card,
+                  tokenizer_files=payload["tokenizer"], single_file=Path(path))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local folder of a hub model: the hub cache first, the network only if allowed."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelLoadError(f"{repo_id!r} looks like a hub id, but huggingface_hub is not installed "
+                             "(pip install 'ane-diffusion[torch]')") from None
+    patterns = ["model_index.json", CARD_NAME, "scheduler/*.json", "tokenizer/*",
+                "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                "text_encoder/config.json", "text_encoder/model.safetensors",
+                "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise ModelLoadError(f"{repo_id} is not in the hub cache and HF_HUB_OFFLINE is set")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot fetch {repo_id} from the hub and it is not cached "
+                             f"({type(exc).__name__}); pass a local model folder instead") from None
+
+
+def default_model_path() -> Path:
+    return Path(__file__).parent / "assets" / "default"
+
+
+def resolve_bundle(model: Optional[str | os.PathLike] = None) -> Bundle:
+    """Resolve ``--model``: a folder, a single file, a hub id, or the embedded default."""
+    if model is None or str(model) == DEFAULT_MODEL:
+        path = default_model_path()
+        if not (path / "model_index.json").exists():
+            raise ModelLoadError("the embedded default model is not installed with this package; "
+                                 "pass --model PATH")
+        return load_folder(path, source=DEFAULT_MODEL)
+    path = Path(model)
+    if path.is_dir():
+        return load_folder(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ModelLoadError(f"{path}: only .safetensors checkpoints are loaded (never pickles)")
+        return load_single_file(path)
+    if HUB_ID.match(str(model)) and not str(model).startswith((".", "/")):
+        return load_folder(hub_snapshot(str(model)), source=str(model))
+    raise ModelLoadError(f"model not found: {model} (not a folder, a .safetensors file or a hub id)")

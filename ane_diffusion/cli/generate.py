@@ -1,0 +1,54 @@
+"""``generate``: text to image with a distilled student (or a guided teacher)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..samplers import SAMPLERS
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="text to image",
+                              description="Generate images from text. w is the paper's guidance weight "
+                                          "(guidance_scale = 1 + w); defaults come from the model card.")
+    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    p.add_argument("--model", default=None, help="model folder, .safetensors file, hub id, or 'default' "
+                   "(the embedded demo student); a Core ML export folder with --backend coreml")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's)")
+    p.add_argument("--guidance", "-w", dest="w", type=float, default=None,
+                   help="guidance weight w (paper convention; guidance_scale = 1 + w)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model card's")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--negative-prompt", default="", help="teacher only")
+    p.add_argument("--backend", choices=("torch", "coreml"), default="torch")
+    p.add_argument("--device", default=None, help="torch device (default: mps, then cuda, then cpu)")
+    p.add_argument("--compute-units", default="ALL", choices=("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"),
+                   help="Core ML compute units (macOS)")
+    p.add_argument("--output", "-o", type=Path, default=Path("image.png"),
+                   help="PNG path (numbered when several images) or an existing folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or timings")
+    p.set_defaults(run=run)
+
+
+def backend_options(args) -> dict:
+    if args.backend == "torch":
+        return {"device": args.device}
+    return {"compute_units": args.compute_units}
+
+
+def run(args) -> int:
+    from ..api import generate
+
+    result = generate(args.prompts, model=args.model, backend=args.backend, steps=args.steps, w=args.w,
+                      sampler=args.sampler, seed=args.seed, num_images=args.num_images, height=args.height,
+                      width=args.width, negative_prompt=args.negative_prompt, output=args.output,
+                      progress=not args.quiet, **backend_options(args))
+    for meta in result.metadata:
+        print(meta["path"])
+    if not args.quiet:
+        print(result.timings.summary(), file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""The embedded demo: a tiny model trained on synthetic captioned scenes, and the scenes themselves."""

@@ -1,0 +1,215 @@
+"""Text-to-image: tokenize, encode, sample, decode, on any backend.
+
+The pipeline owns the glue every backend shares: checking the request against the model card,
+turning the UNet into a ``denoise(z, t) -> x_hat`` callable (one batch-1 call for a student that
+takes w, one batch-2 classifier-free-guidance call for a teacher), drawing seeded noise, running the
+chosen sampler and timing each component.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .guidance import combine, guidance_scale_from_w
+from .noise import batch_noise, stacked_normal
+from .samplers import default_timesteps, get_sampler, sample_ddim, sample_dpmpp_2m, sample_lcm, sample_stochastic
+from .schedule import to_x0
+
+
+class GenerationError(ValueError):
+    """A request that cannot be run; the message names the problem in one line."""
+
+
+@dataclass
+class Settings:
+    """One generation request. ``None`` fields take the model card's recommendation."""
+
+    steps: Optional[int] = None
+    w: Optional[float] = None
+    sampler: Optional[str] = None
+    seed: int = 0
+    num_images: int = 1
+    height: Optional[int] = None
+    width: Optional[int] = None
+    negative_prompt: str = ""
+
+
+@dataclass
+class Timings:
+    text_encoder: float = 0.0
+    unet: float = 0.0
+    unet_calls: int = 0
+    vae_decode: float = 0.0
+    total: float = 0.0
+
+    def summary(self) -> str:
+        per_call = self.unet / max(self.unet_calls, 1)
+        return (f"text encoder {self.text_encoder:.3f}s | unet {self.unet:.3f}s ({self.unet_calls} calls, "
+                f"{per_call * 1000:.1f} ms each) | vae decode {self.vae_decode:.3f}s | total {self.total:.3f}s")
+
+
+@dataclass
+class Result:
+    images: list
+    """PIL images, one per (prompt, image index)."""
+    metadata: list
+    """One dict per image: the parameters that reproduce it (written into the PNG)."""
+    timings: Timings = field(default_factory=Timings)
+
+
+def to_pil(images: np.ndarray) -> list:
+    """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
+    from PIL import Image
+
+    pixels = np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return [Image.fromarray(p) for p in pixels]
+
+
+class Pipeline:
+    def __init__(self, bundle, backend):
+        self.bundle = bundle
+        self.backend = backend
+        self.card = bundle.card
+        self.schedule = bundle.schedule
+        self.tokenizer = bundle.tokenizer()
+
+    # -- checking ---------------------------------------------------------------------------
+    def resolve(self, prompts: Sequence[str], settings: Settings) -> Settings:
+        """Fill defaults from the card and reject what cannot run, with one-line messages."""
+        card = self.card
+        s = Settings(**asdict(settings))
+        s.sampler = get_sampler(s.sampler or card.recommended_sampler)
+        s.steps = s.steps if s.steps is not None else (card.steps or card.recommended_steps)
+        s.w = card.default_w if s.w is None else float(s.w)
+        s.height = s.height or self.bundle.default_size
+        s.width = s.width or self.bundle.default_size
+        if not prompts:
+            raise GenerationError("no prompt given")
+        if s.steps < 1:
+            raise GenerationError(f"steps must be >= 1, got {s.steps}")
+        if s.num_images < 1:
+            raise GenerationError(f"--num-images must be >= 1, got {s.num_images}")
+        self._check_size(s.height, s.width)
+        if card.is_student:
+            if not card.w_min <= s.w <= card.w_max:
+                raise GenerationError(f"w={s.w} is outside this student's range [{card.w_min}, {card.w_max}] "
+                                      f"(guidance_scale = 1 + w)")
+            if card.steps and s.steps != card.steps:
+                warnings.warn(f"this student was distilled for {card.steps} steps; {s.steps} may look worse",
+                              stacklevel=2)
+            if s.negative_prompt:
+                warnings.warn("negative prompts need the teacher's unconditional branch; ignored for a student",
+                              stacklevel=2)
+                s.negative_prompt = ""
+        for prompt in list(prompts) + [s.negative_prompt]:
+            self.tokenizer.encode(prompt)  # raises PromptTooLongError
+        return s
+
+    def _check_size(self, height: int, width: int) -> None:
+        factor = self.bundle.vae_scale_factor * 2 ** (len(self.bundle.configs["unet"]["block_out_channels"]) - 1)
+        for name, value in (("height", height), ("width", width)):
+            if value <= 0:
+                raise GenerationError(f"{name} must be positive, got {value}")
+            if value % factor:
+                raise GenerationError(f"{name} {value} is not a multiple of {factor} (VAE factor "
+                                      f"{self.bundle.vae_scale_factor} x UNet downsampling)")
+
+    # -- pieces -----------------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str], timings: Timings) -> np.ndarray:
+        start = time.perf_counter()
+        hidden = self.backend.encode_text(self.tokenizer.encode_batch(list(prompts)))
+        timings.text_encoder += time.perf_counter() - start
+        return hidden
+
+    def denoiser(self, cond: np.ndarray, uncond: Optional[np.ndarray], w: float, timings: Timings):
+        """``denoise(z, t) -> x_hat``: one student call, or one batch-2 guided teacher call."""
+        kind = self.card.prediction_type
+        student = self.card.is_student
+
+        def denoise(z: np.ndarray, t: int) -> np.ndarray:
+            start = time.perf_counter()
+            batch = z.shape[0]
+            if student:
+                out = self.backend.predict(z, t, cond, np.full(batch, w, np.float32))
+            elif w == 0 or uncond is None:
+                out = self.backend.predict(z, t, cond)
+            else:
+                both = self.backend.predict(np.concatenate([z, z]), t, np.concatenate([uncond, cond]))
+                out = combine(both[batch:], both[:batch], w)
+            timings.unet += time.perf_counter() - start
+            timings.unet_calls += 1
+            alpha, sigma = self.schedule.alpha_sigma(t)
+            return to_x0(out, z, alpha, sigma, kind).astype(np.float32)
+
+        return denoise
+
+    def sample(self, denoise, z: np.ndarray, sampler: str, timesteps, sources, progress=None) -> np.ndarray:
+        """Run ``sampler`` from latents ``z`` along ``timesteps`` (a suffix of the grid when editing)."""
+        def noise(shape):
+            return stacked_normal(sources, shape[1:])
+
+        callback = (lambda i, t, _z: progress.update(1)) if progress is not None else None
+        if sampler == "ddim":
+            return sample_ddim(denoise, z, timesteps, self.schedule, callback)
+        if sampler == "stochastic":
+            return sample_stochastic(denoise, z, timesteps, self.schedule, noise, callback)
+        if sampler == "lcm":
+            return sample_lcm(denoise, z, timesteps, self.schedule, noise,
+                              boundary_condition=self.card.kind == "lcm", callback=callback)
+        return sample_dpmpp_2m(denoise, z, len(timesteps), self.schedule, callback)
+
+    def decode(self, latents: np.ndarray, timings: Timings) -> np.ndarray:
+        start = time.perf_counter()
+        images = np.concatenate([self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor)
+                                 for i in range(latents.shape[0])])
+        timings.vae_decode += time.perf_counter() - start
+        return images
+
+    # -- text to image ----------------------------------------------------------------------
+    def text_to_image(self, prompts: Sequence[str] | str, settings: Settings = Settings(),
+                      progress: bool = False) -> Result:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        s = self.resolve(prompts, settings)
+        timings = Timings()
+        begin = time.perf_counter()
+        factor = self.bundle.vae_scale_factor
+        latent_shape = (self.bundle.latent_channels, s.height // factor, s.width // factor)
+        timesteps = default_timesteps(s.sampler, s.steps, self.schedule.num_train_timesteps)
+        bar = _progress_bar(len(prompts) * len(timesteps), progress)
+        images, metadata = [], []
+        needs_uncond = not self.card.is_student and s.w != 0
+        uncond = self.encode_prompts([s.negative_prompt], timings) if needs_uncond else None
+        for prompt in prompts:
+            cond = self.encode_prompts([prompt], timings)
+            z, sources = batch_noise(s.seed, s.num_images, latent_shape)
+            repeat = (lambda h: np.repeat(h, s.num_images, axis=0))
+            denoise = self.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings)
+            x = self.sample(denoise, z, s.sampler, timesteps, sources, bar)
+            images += to_pil(self.decode(x, timings))
+            metadata += [self._metadata(prompt, s, s.seed + i) for i in range(s.num_images)]
+        if bar is not None:
+            bar.close()
+        timings.total = time.perf_counter() - begin
+        return Result(images, metadata, timings)
+
+    def _metadata(self, prompt: str, s: Settings, seed: int) -> dict:
+        return {"prompt": prompt, "negative_prompt": s.negative_prompt, "seed": seed, "steps": s.steps,
+                "w": s.w, "guidance_scale": guidance_scale_from_w(s.w), "sampler": s.sampler,
+                "height": s.height, "width": s.width, "model": self.bundle.source, "model_kind": self.card.kind,
+                "backend": self.backend.name, "generator": "ane-diffusion"}
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="denoising", unit="step", leave=False)
+
+
+__all__ = ["GenerationError", "Pipeline", "Result", "Settings", "Timings", "to_pil"]

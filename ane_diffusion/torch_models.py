@@ -1,0 +1,167 @@
+"""PyTorch components of a bundle: build them from configs, load safetensors weights, save.
+
+Needs the ``torch`` extra. Every load goes through safetensors; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from .atomic import atomic_directory, atomic_file
+from .bundle import SINGLE_FILE_KEY, WEIGHT_FILES, Bundle, ModelLoadError
+from .card import ModelCard
+
+
+def require_torch():
+    try:
+        import diffusers  # noqa: F401
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError("the PyTorch backend needs the torch extra: "
+                             "pip install 'ane-diffusion[torch]'") from exc
+    return torch
+
+
+@dataclass
+class TorchComponents:
+    text_encoder: "object"
+    unet: "object"
+    vae: "object"
+
+    def modules(self):
+        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+
+
+def build_from_configs(configs: dict) -> TorchComponents:
+    """Randomly initialised modules from config dicts (the shape of any bundle)."""
+    require_torch()
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_config = {k: v for k, v in configs["text_encoder"].items() if not k.startswith("_")}
+    text_config.pop("architectures", None)
+    return TorchComponents(
+        text_encoder=CLIPTextModel(CLIPTextConfig(**text_config)),
+        unet=UNet2DConditionModel.from_config(configs["unet"]),
+        vae=AutoencoderKL.from_config(configs["vae"]),
+    )
+
+
+def _load_original_single_file(bundle: Bundle) -> TorchComponents:
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(bundle.single_file), local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{bundle.single_file}: cannot convert this original Stable Diffusion "
+                             f"checkpoint offline ({type(exc).__name__}); convert it to a diffusers "
+                             "folder on a machine with hub access") from None
+    return TorchComponents(pipe.text_encoder, pipe.unet, pipe.vae)
+
+
+def load_components(bundle: Bundle, device=None, dtype=None) -> TorchComponents:
+    """The bundle's text encoder, UNet and VAE as eval-mode torch modules."""
+    torch = require_torch()
+    from safetensors.torch import load_file
+
+    if bundle.extra.get("original_sd"):
+        components = _load_original_single_file(bundle)
+    else:
+        components = build_from_configs(bundle.configs)
+        if bundle.single_file is not None:
+            state = load_file(str(bundle.single_file))
+            for name, module in components.modules().items():
+                prefix = f"{name}."
+                _load_state(module, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                            f"{bundle.single_file}:{name}")
+        else:
+            for name, module in components.modules().items():
+                path = bundle.root / name / WEIGHT_FILES[name]
+                _load_state(module, load_file(str(path)), str(path))
+    for module in components.modules().values():
+        module.eval().requires_grad_(False)
+        module.to(device=device or "cpu", dtype=dtype or torch.float32)
+    return components
+
+
+def _load_state(module, state: dict, where: str) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    # CLIP's position_ids buffer is optional in saved checkpoints.
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ModelLoadError(f"weights in {where} do not fit the config: {detail}")
+
+
+def _config_of(name: str, module) -> dict:
+    if name == "text_encoder":
+        config = module.config.to_dict()
+        config["architectures"] = ["CLIPTextModel"]
+        return config
+    return dict(module.config)
+
+
+def save_bundle(folder: Path, components: TorchComponents, scheduler_config: dict,
+                tokenizer_files: dict, card: ModelCard, overwrite: bool = False,
+                half_precision: bool = False) -> Path:
+    """Write a diffusers-format folder (safetensors weights) with its card, atomically."""
+    torch = require_torch()
+    from safetensors.torch import save_file
+
+    card.validate()
+    with atomic_directory(folder, overwrite=overwrite) as tmp:
+        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers_version(),
+                 "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+                 "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+                 "vae": ["diffusers", "AutoencoderKL"], "safety_checker": [None, None],
+                 "feature_extractor": [None, None], "requires_safety_checker": False}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        for name, module in components.modules().items():
+            (tmp / name).mkdir()
+            (tmp / name / "config.json").write_text(json.dumps(_config_of(name, module), indent=2, default=str))
+            state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+            if half_precision:
+                state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            save_file(state, str(tmp / name / WEIGHT_FILES[name]))
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
+        (tmp / "tokenizer").mkdir()
+        for fname, text in tokenizer_files.items():
+            (tmp / "tokenizer" / fname).write_text(text, encoding="utf-8")
+        card.save(tmp)
+    return Path(folder)
+
+
+def save_single_file(bundle: Bundle, components: TorchComponents, path: Path) -> Path:
+    """Every component under its prefix in one safetensors file; configs, card, tokenizer in the header."""
+    require_torch()
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, module in components.modules().items():
+        for key, value in module.state_dict().items():
+            tensors[f"{name}.{key}"] = value.detach().to("cpu").contiguous()
+    payload = {"configs": {name: _config_of(name, m) for name, m in components.modules().items()}
+               | {"scheduler": bundle.configs["scheduler"]},
+               "card": bundle.card.to_dict(), "tokenizer": bundle.tokenizer_files}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={SINGLE_FILE_KEY: json.dumps(payload, default=str)})
+    return Path(path)
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def state_dict_equal(a, b) -> bool:
+    """True when two modules hold identical parameters (used by tests and resume checks)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(bool((sa[k] == sb[k]).all()) for k in sa)
+
+
+__all__ = ["TorchComponents", "build_from_configs", "load_components", "save_bundle",
+           "save_single_file", "require_torch", "state_dict_equal"]

@@ -1,0 +1,48 @@
+"""The guidance embedding and the seeded noise source."""
+
+import numpy as np
+import pytest
+
+from ane_diffusion.guidance import (combine, guidance_embedding, guidance_scale_from_w, torch_guidance_embedding,
+                                    w_from_guidance_scale)
+from ane_diffusion.noise import NoiseSource, batch_noise
+
+
+@pytest.mark.parametrize("dim", [16, 256, 33])
+def test_embedding_matches_diffusers_lcm_pipeline(dim):
+    import torch
+    from diffusers import LatentConsistencyModelPipeline
+
+    w = np.array([0.0, 1.5, 7.0], np.float32)
+    theirs = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, torch.from_numpy(w), embedding_dim=dim)
+    np.testing.assert_allclose(guidance_embedding(w, dim), theirs.numpy(), atol=1e-5)
+
+
+def test_torch_embedding_equals_numpy():
+    import torch
+
+    w = np.array([0.25, 3.0], np.float32)
+    np.testing.assert_allclose(torch_guidance_embedding(torch.from_numpy(w), 64).numpy(),
+                               guidance_embedding(w, 64), atol=1e-6)
+
+
+def test_w_convention():
+    assert guidance_scale_from_w(6.5) == 7.5 and w_from_guidance_scale(7.5) == 6.5
+    cond, uncond = np.array([2.0]), np.array([1.0])
+    np.testing.assert_allclose(combine(cond, uncond, 3.0), 4 * cond - 3 * uncond)
+    np.testing.assert_allclose(combine(cond, uncond, 0.0), cond)
+
+
+def test_noise_is_numpy_randomstate_standard_normal():
+    expected = np.random.RandomState(42).standard_normal((1, 4, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(NoiseSource(42).normal((1, 4, 2, 2)), expected)
+
+
+def test_batch_noise_image_i_uses_seed_plus_i():
+    z, _ = batch_noise(7, 3, (4, 2, 2))
+    np.testing.assert_array_equal(z[2], NoiseSource(9).normal((4, 2, 2)))
+
+
+def test_seed_range():
+    with pytest.raises(ValueError, match="seed"):
+        NoiseSource(-1)
