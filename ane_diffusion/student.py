@@ -18,7 +18,8 @@ def add_guidance_input(teacher_unet, embedding_dim: int = DEFAULT_EMBEDDING_DIM)
 
     if teacher_unet.config.get("time_cond_proj_dim"):
         raise ValueError("this UNet already has a guidance input (time_cond_proj_dim is set)")
-    config = dict(teacher_unet.config)
+    # "_use_default_values" would make from_config ignore the new setting: drop private keys.
+    config = {k: v for k, v in teacher_unet.config.items() if not k.startswith("_")}
     config["time_cond_proj_dim"] = int(embedding_dim)
     student = UNet2DConditionModel.from_config(config)
     missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)

@@ -4,7 +4,8 @@ The runtime must turn a prompt into the 77 token ids the CLIP text encoder expec
 importing ``transformers`` or ``tokenizers``. :class:`CLIPTokenizer` reads the same
 ``vocab.json`` / ``merges.txt`` pair as ``transformers.CLIPTokenizer`` and gives the same ids as
 ``tokenizer(text, padding="max_length", max_length=77)["input_ids"]``. The pipeline it reproduces
-(transformers 5's ``CLIPTokenizer``, the same one as ``CLIPTokenizerFast`` of transformers 4):
+is transformers 5's ``CLIPTokenizer`` (transformers 4's ``CLIPTokenizerFast`` differs only on
+special tokens typed in another case, like ``<|ENDOFTEXT|>``):
 
 1. special tokens (``<|startoftext|>``, ``<|endoftext|>``, and the unk and pad tokens) written
    literally in the prompt are cut out first and become their own ids;
@@ -17,6 +18,10 @@ importing ``transformers`` or ``tokenizers``. :class:`CLIPTokenizer` reads the s
 :func:`build_clip_vocab` trains such a BPE on a caption corpus, so that tests and toy models get
 a real CLIP-format tokenizer without downloading one; :func:`write_tokenizer_files` writes it in
 a form both this module and ``transformers.CLIPTokenizer.from_pretrained`` load.
+
+Character classes come from Python's ``unicodedata``; characters assigned in Unicode versions
+newer than the interpreter's (Python 3.11: Unicode 14) may be split differently than transformers
+splits them.
 """
 
 from __future__ import annotations
@@ -218,12 +223,20 @@ class CLIPTokenizer:
         self._word_ids: dict[str, tuple[int, ...]] = {}
 
     @classmethod
+    def from_strings(cls, vocab_json: str, merges_txt: str, *, pad_token: str | None = None) -> "CLIPTokenizer":
+        """Build from the texts of CLIP's ``vocab.json`` and ``merges.txt`` (e.g. kept in a bundle)."""
+        return cls(json.loads(vocab_json), parse_merges(merges_txt), pad_token=pad_token)
+
+    @classmethod
     def from_files(
         cls, vocab_json_path: PathLike, merges_txt_path: PathLike, *, pad_token: str | None = None
     ) -> "CLIPTokenizer":
         """Load CLIP's ``vocab.json`` and ``merges.txt``."""
-        vocab = json.loads(Path(vocab_json_path).read_text(encoding="utf-8"))
-        return cls(vocab, read_merges(merges_txt_path), pad_token=pad_token)
+        return cls.from_strings(
+            Path(vocab_json_path).read_text(encoding="utf-8"),
+            Path(merges_txt_path).read_text(encoding="utf-8"),
+            pad_token=pad_token,
+        )
 
     @classmethod
     def from_folder(cls, folder: PathLike, *, pad_token: str | None = None) -> "CLIPTokenizer":
@@ -237,7 +250,7 @@ class CLIPTokenizer:
         if pad_token is not None:
             special["pad_token"] = pad_token
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        return cls(vocab, read_merges(folder / "merges.txt"), **special)
+        return cls(vocab, parse_merges((folder / "merges.txt").read_text(encoding="utf-8")), **special)
 
     def save(self, folder: PathLike) -> None:
         """Write vocab.json, merges.txt and the transformers config files into ``folder``."""
@@ -332,11 +345,11 @@ class CLIPTokenizer:
         return cached
 
 
-def read_merges(path: PathLike) -> list[tuple[str, str]]:
-    """Merges of a CLIP ``merges.txt``: one ``"left right"`` pair a line after a ``#version`` line."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+def parse_merges(merges_txt: str) -> list[tuple[str, str]]:
+    """Merges in the text of a CLIP ``merges.txt``: a ``#version`` line, then one ``"left right"``
+    pair a line."""
     merges = []
-    for line in lines:
+    for line in merges_txt.splitlines():
         if not line or line.startswith("#version"):
             continue
         left, right = line.split(" ")

@@ -82,7 +82,9 @@ def load_components(bundle: Bundle, device=None, dtype=None) -> TorchComponents:
                 _load_state(module, load_file(str(path)), str(path))
     for module in components.modules().values():
         module.eval().requires_grad_(False)
-        module.to(device=device or "cpu", dtype=dtype or torch.float32)
+        module.to(device or "cpu")
+        if dtype is not None and dtype != torch.float32:
+            module.to(dtype=dtype)
     return components
 
 

@@ -15,7 +15,8 @@ def test_embedding_matches_diffusers_lcm_pipeline(dim):
 
     w = np.array([0.0, 1.5, 7.0], np.float32)
     theirs = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, torch.from_numpy(w), embedding_dim=dim)
-    np.testing.assert_allclose(guidance_embedding(w, dim), theirs.numpy(), atol=1e-5)
+    # Angles reach 7000 rad: one float32 ulp in a frequency moves sin/cos by ~4e-4.
+    np.testing.assert_allclose(guidance_embedding(w, dim), theirs.numpy(), atol=2e-3)
 
 
 def test_torch_embedding_equals_numpy():

@@ -57,7 +57,7 @@ class TorchBackend:
             t = torch.full((batch,), int(timestep), device=self.device, dtype=torch.long)
             cond = None
             if self.guidance_dim:
-                w = np.zeros(batch, np.float32) if w is None else np.broadcast_to(w, (batch,))
+                w = np.zeros(batch, np.float32) if w is None else np.full(batch, w, np.float32) if np.ndim(w) == 0 else w
                 cond = torch_guidance_embedding(self._tensor(w, torch.float32), self.guidance_dim).to(self.dtype)
             out = self.components.unet(self._tensor(sample), t, encoder_hidden_states=self._tensor(hidden),
                                        timestep_cond=cond).sample

@@ -24,8 +24,15 @@ def _available():
                 raise
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the command's --help has the rest)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m ane_diffusion",
         description="Guidance-distilled 1-4 step text-to-image diffusion for the Apple Neural Engine.")
     from .. import __version__

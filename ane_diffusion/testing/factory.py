@@ -67,7 +67,7 @@ def make_tiny_bundle(folder: Path, student: bool = False, seed: int = 0, predict
     if student:
         components.unet = add_guidance_input(components.unet, embedding_dim)
         with torch.no_grad():  # a random (not zero) guidance projection, so w visibly matters
-            components.unet.time_embedding.cond_proj.weight.normal_(0, 0.02)
+            components.unet.time_embedding.cond_proj.weight.normal_(0, 0.5)
     if card is None:
         card = (ModelCard(kind="guidance-distilled", prediction_type=prediction_type, steps=steps,
                           w_min=0.0, w_max=8.0, default_w=3.0, guidance_embedding_dim=embedding_dim,
