@@ -4,7 +4,10 @@ import os
 
 import pytest
 
+from ane_diffusion.memory import keep_freed_memory
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+keep_freed_memory()
 
 
 def pytest_addoption(parser):

@@ -1,0 +1,104 @@
+"""``distill``: train guidance-distilled (stage 1) and few-step progressive (stage 2) students.
+
+    python -m ane_diffusion distill guidance --teacher TEACHER --data IMAGES --output RUN1
+    python -m ane_diffusion distill progressive --student RUN1/student --start-steps 8 \\
+        --target-steps 2 --data IMAGES --output RUN2
+
+Runs unchanged under ``accelerate launch --num_processes N -m ane_diffusion distill ...``.
+A thin shell around :mod:`ane_diffusion.distill`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..distill.config import DEFAULT_W_RANGE, MIXED_PRECISION
+from ..schedule import PREDICTION_TYPES
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """Options both stages share: data, optimisation, run control."""
+    data = p.add_argument_group("data (one of --data / --prompts)")
+    data.add_argument("--data", default=None, help="folder with manifest.jsonl or manifest.csv (file, caption)")
+    data.add_argument("--prompts", default=None, help="text file, one prompt a line: train on the model's samples")
+    data.add_argument("--cache-dir", default=None, help="latent/embedding cache (default OUTPUT/cache)")
+    data.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the model's)")
+    data.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the --prompts samples")
+    data.add_argument("--sample-w", type=float, default=None, help="w of the --prompts samples (default: card's)")
+    data.add_argument("--samples-per-prompt", type=int, default=1)
+    opt = p.add_argument_group("optimisation (per phase)")
+    opt.add_argument("--updates", type=int, default=1000, help="optimiser updates (per phase in stage 2)")
+    opt.add_argument("--batch-size", type=int, default=4, help="per process and micro-batch")
+    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per update")
+    opt.add_argument("--lr", type=float, default=1e-5)
+    opt.add_argument("--warmup", type=int, default=0, help="linear warm-up updates (then linear decay to 0)")
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
+    opt.add_argument("--ema-decay", type=float, default=None, help="keep and save an EMA of the weights")
+    opt.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
+    opt.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
+    opt.add_argument("--seed", type=int, default=0)
+    run = p.add_argument_group("run")
+    run.add_argument("--output", "-o", required=True, help="run folder (bundles, checkpoint, log.jsonl, cache)")
+    run.add_argument("--checkpoint-every", type=int, default=500, help="updates between checkpoints")
+    run.add_argument("--log-every", type=int, default=10, help="updates between log.jsonl lines")
+    run.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
+    run.add_argument("--overwrite", action="store_true", help="discard a previous run in --output")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="distill a guided teacher into a 1-4 step student",
+                              description="Guided diffusion distillation (Meng et al. 2023): stage 1 makes a "
+                                          "student that takes w as an input, stage 2 halves its steps.")
+    stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    g = stages.add_parser("guidance", help="stage 1: one evaluation per step for any w",
+                          description="Stage 1: distill the guided teacher (1 + w) x_c - w x_u into a student "
+                                      "that takes w as an input. Saves OUTPUT/student.")
+    g.add_argument("--teacher", required=True, help="teacher bundle (folder, .safetensors, hub id)")
+    g.add_argument("--w-min", type=float, default=DEFAULT_W_RANGE[0],
+                   help=f"w range (guidance_scale = 1 + w); default {DEFAULT_W_RANGE[0]}")
+    g.add_argument("--w-max", type=float, default=DEFAULT_W_RANGE[1], help=f"default {DEFAULT_W_RANGE[1]}")
+    g.add_argument("--prediction-type", choices=PREDICTION_TYPES, default="v_prediction",
+                   help="the student's output parameterisation (default v_prediction)")
+    g.add_argument("--guidance-embedding-dim", type=int, default=256)
+    _common(g)
+    g.set_defaults(run=run)
+    s = stages.add_parser("progressive", help="stage 2: halve the steps down to --target-steps",
+                          description="Stage 2: progressive distillation. Each phase trains an N/2-step student "
+                                      "from the N-step model; saves OUTPUT/steps-{N/2}, ... OUTPUT/steps-{target}.")
+    s.add_argument("--student", required=True, help="stage-1 (or progressive) student bundle")
+    s.add_argument("--start-steps", type=int, default=None, help="steps of the input model (default: its card's)")
+    s.add_argument("--target-steps", type=int, required=True, help="1, 2, 4, ... reachable by halving")
+    _common(s)
+    s.set_defaults(run=run)
+
+
+def config_from_args(args):
+    from ..distill import DistillConfig
+
+    stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
+                     "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim}
+                    if args.stage == "guidance" else
+                    {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})
+    return DistillConfig(
+        output=args.output, data=args.data, prompts=args.prompts, cache_dir=args.cache_dir,
+        resolution=args.resolution, sample_steps=args.sample_steps, sample_w=args.sample_w,
+        samples_per_prompt=args.samples_per_prompt, updates=args.updates, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm, ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+        **stage_fields)
+
+
+def run(args) -> int:
+    from ..distill import distill_guidance, distill_progressive
+
+    cfg = config_from_args(args)
+    paths = [distill_guidance(cfg)] if args.stage == "guidance" else distill_progressive(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # one printout under accelerate launch
+        for path in paths:
+            print(path)
+    return 0

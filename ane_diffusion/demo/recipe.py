@@ -1,0 +1,155 @@
+"""The demo model's whole training recipe, stage by stage, resumable at stage granularity.
+
+    python -m ane_diffusion.demo.recipe --work runs/demo            # every stage not yet done
+    python -m ane_diffusion.demo.recipe --work runs/demo --only vae # one stage
+
+Stages: ``data`` (synthetic scenes), ``vae``, ``teacher`` (guided teacher bundle), ``guidance``
+(stage-1 student), ``progressive`` (stage-2 students down to 1 step), ``ship`` (copy into the
+package's assets in float16). Each stage writes its output atomically into the work folder and is
+skipped when that output exists. Every setting and measured figure lands in the bundles' cards and
+in ``WORK/recipe.jsonl`` (the log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("data", "vae", "teacher", "guidance", "progressive", "ship")
+
+
+@dataclass
+class RecipeSettings:
+    seed: int = 0
+    train_images: int = 20000
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    teacher_steps: int = 7000
+    teacher_batch: int = 64
+    teacher_lr: float = 3e-4
+    caption_dropout: float = 0.1
+    default_w: float = 3.0
+    w_min: float = 0.0
+    w_max: float = 6.0
+    guidance_updates: int = 3000
+    progressive_start_steps: int = 16
+    progressive_updates: int = 1200
+    threads: int = 2
+
+
+class Recipe:
+    def __init__(self, work: Path, settings: RecipeSettings):
+        self.work = Path(work)
+        self.settings = settings
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.work / "recipe.jsonl"
+
+    def log(self, line: str) -> None:
+        with open(self.log_path, "a") as handle:
+            handle.write(line + "\n")
+
+    # -- stages -----------------------------------------------------------------------------
+    def data(self) -> None:
+        from ..atomic import atomic_file
+        from .shapes import make_dataset
+
+        s = self.settings
+        images, captions, _ = make_dataset(s.train_images, resolution=32, seed=s.seed, split="train")
+        with atomic_file(self.work / "data.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, images=images, captions=np.array(captions))
+
+    def load_data(self):
+        data = np.load(self.work / "data.npz")
+        return data["images"], [str(c) for c in data["captions"]]
+
+    def vae(self) -> None:
+        from ..atomic import atomic_directory
+        from .train_vae import save_vae, train_vae
+
+        images, _ = self.load_data()
+        vae, summary = train_vae(images, self.settings.vae_steps, self.settings.vae_batch, seed=self.settings.seed,
+                                 log=self.log)
+        with atomic_directory(self.work / "vae") as tmp:
+            save_vae(vae, tmp)
+            (tmp / "training.json").write_text(json.dumps(summary, indent=2))
+        self.log(json.dumps({"stage": "vae", "summary": summary}))
+
+    def teacher(self) -> None:
+        import torch
+        from diffusers import AutoencoderKL
+
+        from ..card import ModelCard
+        from ..torch_models import TorchComponents, save_bundle
+        from ..tokenizer import CLIPTokenizer
+        from .configs import scheduler_config, text_encoder_config, tokenizer_files
+        from .train_teacher import encode_latents, train_teacher
+
+        s = self.settings
+        images, captions = self.load_data()
+        vae = AutoencoderKL.from_pretrained(str(self.work / "vae"), use_safetensors=True).eval()
+        files, vocab = tokenizer_files()
+        tokenizer = CLIPTokenizer.from_strings(files["vocab.json"], files["merges.txt"])
+        latents = encode_latents(vae, images)
+        token_ids = tokenizer.encode_batch(captions)
+        empty = tokenizer.encode_batch([""])[0]
+        text_encoder, unet, summary = train_teacher(
+            latents, token_ids, empty, text_encoder_config(vocab), s.teacher_steps, s.teacher_batch, s.teacher_lr,
+            s.caption_dropout, seed=s.seed, log=self.log)
+        vae_summary = json.loads((self.work / "vae" / "training.json").read_text())
+        card = ModelCard(kind="teacher", prediction_type="epsilon", w_min=0.0, w_max=s.w_max * 2,
+                         default_w=s.default_w, recommended_sampler="ddim", recommended_steps=64,
+                         description="ane-diffusion demo teacher: captioned shape scenes, 32x32, trained here",
+                         training={"teacher": summary, "vae": vae_summary, "recipe": asdict(s),
+                                   "latent_std_check": float(latents.std())})
+        save_bundle(self.work / "teacher", TorchComponents(text_encoder, unet, vae), scheduler_config("epsilon"),
+                    files, card)
+        self.log(json.dumps({"stage": "teacher", "summary": summary}))
+        del torch
+
+    def run(self, only=None) -> None:
+        outputs = {"data": "data.npz", "vae": "vae", "teacher": "teacher", "guidance": "stage1",
+                   "progressive": "progressive", "ship": "shipped.json"}
+        for stage in STAGES:
+            if only and stage not in only:
+                continue
+            if (self.work / outputs[stage]).exists():
+                print(f"[recipe] {stage}: done already ({self.work / outputs[stage]})")
+                continue
+            if not hasattr(self, stage):
+                print(f"[recipe] {stage}: not available yet")
+                return
+            start = time.time()
+            print(f"[recipe] {stage}: running", flush=True)
+            getattr(self, stage)()
+            self.log(json.dumps({"stage": stage, "seconds": time.time() - start}))
+            print(f"[recipe] {stage}: {time.time() - start:.0f}s", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ane_diffusion.demo.recipe", description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--only", nargs="*", choices=STAGES)
+    parser.add_argument("--smoke", action="store_true", help="a few updates per stage: checks the plumbing")
+    args = parser.parse_args(argv)
+    from ..memory import keep_freed_memory
+
+    keep_freed_memory()
+    import torch
+
+    settings = RecipeSettings()
+    if args.smoke:
+        settings = RecipeSettings(train_images=256, vae_steps=3, teacher_steps=3, guidance_updates=3,
+                                  progressive_updates=2)
+    torch.set_num_threads(settings.threads)
+    Recipe(args.work, settings).run(args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

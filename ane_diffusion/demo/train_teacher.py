@@ -1,0 +1,94 @@
+"""Stage B of the demo recipe: train the guided teacher (text encoder + UNet, jointly).
+
+Stable Diffusion freezes a pretrained CLIP; no pretrained CLIP exists here, so the small text
+encoder learns together with the UNet. Captions are dropped (replaced by the empty prompt) with
+probability ``caption_dropout`` so that the same network is also the unconditional model that
+classifier-free guidance needs. eps-prediction on Stable Diffusion's schedule, as SD 1.x; an
+exponential moving average of the weights is what gets saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import numpy as np
+
+
+def encode_latents(vae, images: np.ndarray, batch: int = 512):
+    """uint8 images -> scaled VAE posterior means (N, 4, h, w)."""
+    import torch
+
+    from .train_vae import images_to_tensor
+
+    with torch.no_grad():
+        return torch.cat([vae.encode(images_to_tensor(images[i:i + batch])).latent_dist.mean
+                          for i in range(0, len(images), batch)]) * vae.config.scaling_factor
+
+
+def _ema_update(ema, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+
+
+def train_teacher(latents, token_ids: np.ndarray, empty_ids: np.ndarray, text_config: dict, steps: int,
+                  batch_size: int = 64, lr: float = 3e-4, caption_dropout: float = 0.1, ema_decay: float = 0.999,
+                  seed: int = 0, log=print):
+    """Returns ``(text_encoder_ema, unet_ema, summary)``.
+
+    ``latents`` (N, 4, h, w) scaled; ``token_ids`` (N, 77) the captions' ids; ``empty_ids`` (77,).
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+    from tqdm import tqdm
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..schedule import DiscreteSchedule, add_noise
+    from .configs import unet_config
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(unet_config())
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    warmup = max(steps // 50, 1)
+    schedule_lr = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / warmup) * max(0.0, 1.0 - i / steps))
+    alphas_cumprod = torch.from_numpy(DiscreteSchedule.scaled_linear().alphas_cumprod).float()
+    ids = torch.from_numpy(token_ids.astype(np.int64))
+    empty = torch.from_numpy(empty_ids.astype(np.int64))
+    generator = torch.Generator().manual_seed(seed)
+    start, bar = time.time(), tqdm(range(steps), desc="teacher", mininterval=5)
+    for step in bar:
+        index = torch.randint(0, len(latents), (batch_size,), generator=generator)
+        x = latents[index]
+        batch_ids = ids[index].clone()
+        drop = torch.rand(batch_size, generator=generator) < caption_dropout
+        batch_ids[drop] = empty
+        t = torch.randint(0, 1000, (batch_size,), generator=generator)
+        eps = torch.randn(x.shape, generator=generator)
+        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+        z = add_noise(x, eps, abar.sqrt(), (1 - abar).sqrt())
+        prediction = unet(z, t, text_encoder(batch_ids)[0]).sample
+        loss = torch.nn.functional.mse_loss(prediction, eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule_lr.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text_encoder, decay)
+        if step % 100 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log(json.dumps({"stage": "teacher", "step": step, "loss": loss.item(),
+                            "lr": schedule_lr.get_last_lr()[0], "elapsed_s": time.time() - start}))
+    summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "caption_dropout": caption_dropout,
+               "ema_decay": ema_decay, "final_loss": loss.item(), "seconds": time.time() - start,
+               "objective": "epsilon MSE, uniform t over 1000 SD timesteps"}
+    return ema_text.eval(), ema_unet.eval(), summary

@@ -1,0 +1,160 @@
+"""Settings of a distillation run: one JSON-serialisable dataclass, recorded in every card.
+
+The same :class:`DistillConfig` drives both stages (the CLI fills it, the Python API takes it);
+fields that only one stage reads say so. :meth:`DistillConfig.check` rejects impossible settings
+with one-line messages before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+from ..schedule import PREDICTION_TYPES, trailing_timesteps
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+DEFAULT_W_RANGE = (1.0, 13.0)
+"""Stage-1 default ``[w_min, w_max]``: Stable Diffusion's common guidance scales 2 to 14."""
+
+RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "checkpoint_every", "log_every")
+"""Fields that may change between an interrupted run and its ``--resume``; all others must match
+(the run folder may have moved, and checkpoint/log frequency does not change the result)."""
+
+STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim"),
+                "progressive": ("start_steps", "target_steps")}
+"""Fields only one stage reads (left out of the other stage's card)."""
+
+
+@dataclass
+class DistillConfig:
+    """Everything a run needs. ``model`` is the teacher (stage 1) or the stage-1 student (stage 2)."""
+
+    model: str
+    output: str
+    data: Optional[str] = None
+    """Folder with manifest.jsonl or manifest.csv (images + captions)."""
+    prompts: Optional[str] = None
+    """Text file, one prompt per line: training latents are sampled from the (guided) model."""
+    cache_dir: Optional[str] = None
+    """Latent and text-embedding cache (default ``OUTPUT/cache``); share it between stages."""
+    resolution: Optional[int] = None
+    """Image size in pixels (default: the model's)."""
+    sample_steps: int = 25
+    sample_w: Optional[float] = None
+    """w of the DDIM samples made from ``prompts`` (default: the card's default_w)."""
+    samples_per_prompt: int = 1
+
+    # stage 1 only
+    w_min: float = DEFAULT_W_RANGE[0]
+    w_max: float = DEFAULT_W_RANGE[1]
+    prediction_type: str = "v_prediction"
+    guidance_embedding_dim: int = 256
+
+    # stage 2 only
+    start_steps: Optional[int] = None
+    """Steps the stage-2 input model samples in (default: its card's ``steps``)."""
+    target_steps: int = 1
+
+    # optimisation (per phase in stage 2)
+    updates: int = 1000
+    batch_size: int = 4
+    """Per process and micro-batch: the effective batch is batch_size x grad_accum x processes."""
+    grad_accum: int = 1
+    lr: float = 1e-5
+    warmup: int = 0
+    weight_decay: float = 0.0
+    """0 by default: the student starts at the teacher, decay would only pull it away."""
+    max_grad_norm: float = 1.0
+    ema_decay: Optional[float] = None
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    # run control
+    checkpoint_every: int = 500
+    log_every: int = 10
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def settings_for(self, stage: str) -> dict:
+        """The settings a card of ``stage`` records (without the other stage's fields)."""
+        other = [f for name, names in STAGE_FIELDS.items() if name != stage for f in names]
+        return {k: v for k, v in self.to_dict().items() if k not in other}
+
+    def training_settings(self) -> dict:
+        """The fields an interrupted run and its resumption must share."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+
+    def check(self, stage: str) -> "DistillConfig":
+        """Raise ValueError (one line) for settings that cannot work; returns self."""
+        if (self.data is None) == (self.prompts is None):
+            raise ValueError("give exactly one of --data FOLDER or --prompts FILE")
+        positive = {"updates": self.updates, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "checkpoint_every": self.checkpoint_every, "log_every": self.log_every,
+                    "sample_steps": self.sample_steps, "samples_per_prompt": self.samples_per_prompt}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup < self.updates:
+            raise ValueError(f"--warmup must be in [0, updates), got {self.warmup}")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"--mixed-precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        if stage == "guidance":
+            self._check_guidance()
+        elif stage == "progressive":
+            if self.start_steps is not None:
+                halving_schedule(self.start_steps, self.target_steps)
+        else:
+            raise ValueError(f"unknown stage {stage!r}")
+        return self
+
+    def _check_guidance(self) -> None:
+        if self.w_min > self.w_max:
+            raise ValueError(f"--w-min {self.w_min} is greater than --w-max {self.w_max}")
+        if self.w_min < 0:
+            raise ValueError(f"--w-min must be >= 0 (w = guidance_scale - 1), got {self.w_min}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"--prediction-type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.guidance_embedding_dim < 2:
+            raise ValueError(f"--guidance-embedding-dim must be >= 2, got {self.guidance_embedding_dim}")
+
+
+def halving_schedule(start_steps: int, target_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """Student step counts of the stage-2 phases: ``start/2, start/4, ..., target``.
+
+    Raises ValueError when the target cannot be reached by halving, or when a student's trailing
+    grid is not contained in its teacher's (then "two teacher steps" would not line up).
+    """
+    if target_steps < 1:
+        raise ValueError(f"--target-steps must be >= 1, got {target_steps}")
+    if start_steps > num_train_timesteps:
+        raise ValueError(f"--start-steps must be <= {num_train_timesteps}, got {start_steps}")
+    phases, steps = [], start_steps
+    while steps > target_steps and steps % 2 == 0:
+        steps //= 2
+        phases.append(steps)
+    if steps != target_steps or not phases:
+        raise ValueError(f"--target-steps {target_steps} is not reachable by halving --start-steps {start_steps}")
+    for student in phases:
+        teacher_grid = trailing_timesteps(2 * student, num_train_timesteps)
+        if not (teacher_grid[::2] == trailing_timesteps(student, num_train_timesteps)).all():
+            raise ValueError(f"the {student}-step grid is not every other point of the {2 * student}-step grid")
+    return phases

@@ -1,0 +1,119 @@
+"""Stage 1, guidance distillation: one student evaluation replaces the guided teacher's two.
+
+The student is the teacher's UNet plus a zero-initialised guidance input
+(:func:`ane_diffusion.student.add_guidance_input`), so at update 0 it IS the teacher's conditional
+model for every w. Each update draws clean latents x with their captions, ``t ~ U{0..T-1}``,
+``w ~ U[w_min, w_max]`` and noise, and regresses the student's x estimate at ``z_t`` onto the
+guided teacher's ``(1 + w) x_c - w x_u`` with the truncated-SNR weight.
+
+The student's output parameterisation (``cfg.prediction_type``) may differ from the teacher's; the
+loss is in x-space either way. With a different one, update 0 is the teacher's network but not
+its x estimate: the first updates re-learn what the output means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from ..bundle import resolve_bundle
+from ..card import ModelCard
+from ..schedule import add_noise, expand_like
+from .config import DistillConfig
+from .engine import Engine, MicroBatch
+from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config
+from .targets import guided_target, truncated_snr_weight, weighted_mse
+
+STUDENT_DIR = "student"
+PHASE_INDEX = 0
+LABEL = "guidance"
+
+
+def guided_teacher_x0(teacher, z, t, cond, uncond, alpha, sigma, w, kind: str):
+    """The guided teacher's x estimate (B, C, H, W): one batch-2 call on [uncond; cond], as at runtime."""
+    import torch
+
+    both = teacher(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+    out_uncond, out_cond = both.float().chunk(2)
+    return guided_target(out_cond, out_uncond, z, alpha, sigma, w, kind)
+
+
+@dataclass
+class GuidanceLoss:
+    """``loss_fn`` of stage 1 (see :class:`~ane_diffusion.distill.engine.LossFn`)."""
+
+    teacher: "object"
+    schedule: "object"
+    teacher_kind: str
+    student_kind: str
+    embedding_dim: int
+    w_min: float
+    w_max: float
+    autocast: Callable
+
+    def draw(self, batch: MicroBatch):
+        """``(z_t, t, alpha, sigma, w)`` for the batch's latents: t (B,) long, the rest float32."""
+        import torch
+
+        size, gen, device = batch.x0.shape[0], batch.generator, batch.device
+        t = torch.randint(0, self.schedule.num_train_timesteps, (size,), generator=gen)
+        w = self.w_min + (self.w_max - self.w_min) * torch.rand(size, generator=gen)
+        eps = torch.randn(batch.x0.shape, generator=gen).to(device)
+        alpha, sigma = alpha_sigma(self.schedule, t, device)
+        z = add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps))
+        return z, t.to(device), alpha, sigma, w.to(device)
+
+    def target(self, batch: MicroBatch, z, t, alpha, sigma, w):
+        import torch
+
+        with torch.no_grad(), self.autocast():
+            return guided_teacher_x0(self.teacher, z, t, batch.cond, batch.uncond, alpha, sigma, w, self.teacher_kind)
+
+    def __call__(self, student, batch: MicroBatch):
+        z, t, alpha, sigma, w = self.draw(batch)
+        target = self.target(batch, z, t, alpha, sigma, w)
+        x_hat = predict_x0(student, z, t, batch.cond, alpha, sigma, self.student_kind, w, self.embedding_dim)
+        return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
+
+
+def guidance_card(teacher_bundle, cfg: DistillConfig, summary: dict, data_summary: dict) -> ModelCard:
+    """The stage-1 student's card: w range, embedding size, lineage and the training summary."""
+    teacher = teacher_bundle.card
+    return ModelCard(
+        kind="guidance-distilled", prediction_type=cfg.prediction_type, steps=None,
+        w_min=cfg.w_min, w_max=cfg.w_max, default_w=min(max(teacher.default_w, cfg.w_min), cfg.w_max),
+        guidance_embedding_dim=cfg.guidance_embedding_dim, recommended_sampler=teacher.recommended_sampler,
+        recommended_steps=teacher.recommended_steps, teacher=teacher_bundle.source,
+        lineage=list(teacher.lineage) + [lineage_entry(teacher, teacher_bundle.source)],
+        training={"stage": "guidance", **summary, "data": data_summary, "settings": cfg.settings_for("guidance"),
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        description=f"guidance-distilled from {teacher_bundle.source}: one evaluation per step "
+                    f"for any w in [{cfg.w_min}, {cfg.w_max}] (guidance_scale = 1 + w)").validate()
+
+
+def distill_guidance(cfg: DistillConfig) -> Path:
+    """Run stage 1 and return the student bundle's folder ``OUTPUT/student``."""
+    from ..student import add_guidance_input
+    from ..torch_models import TorchComponents, load_components, save_bundle
+
+    cfg.check("guidance")
+    bundle = resolve_bundle(cfg.model)
+    if bundle.card.is_student:
+        raise ValueError(f"--teacher {cfg.model} is already a {bundle.card.kind} student; stage 1 needs a "
+                         "classifier-free-guided teacher")
+    engine = Engine(cfg, LABEL)
+    components = load_components(bundle, device=engine.device)
+    data = engine.training_set(bundle, components)
+    student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)
+    teacher = freeze(components.unet, engine.half_dtype)
+    loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
+                        cfg.guidance_embedding_dim, cfg.w_min, cfg.w_max, engine.autocast)
+    result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data)
+    card = guidance_card(bundle, cfg, result.summary, data.summary())
+    path = Path(cfg.output) / STUDENT_DIR
+    engine.on_main(save_bundle, path, TorchComponents(components.text_encoder, result.model, components.vae),
+                   student_scheduler_config(bundle.configs["scheduler"], cfg.prediction_type),
+                   bundle.tokenizer_files, card, overwrite=True)
+    return path
