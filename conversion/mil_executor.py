@@ -22,6 +22,7 @@ converted graph's maths, not Core ML's kernels or compute-unit placement.
 from __future__ import annotations
 
 import os
+from types import MappingProxyType
 from typing import Callable, Dict, Mapping
 
 import numpy as np
@@ -333,7 +334,7 @@ def _reduce(fn):
 #: op type -> kernel(op) -> numpy value. Ops without ``value_inference`` in coremltools (conv,
 #: conv_transpose, silu, upsample_nearest_neighbor, instance_norm, batch_norm, gather_nd) plus ops whose
 #: coremltools implementation would accumulate in float16 or trips over numpy 2 (reductions).
-KERNELS: Dict[str, Callable] = {
+KERNELS: Mapping[str, Callable] = MappingProxyType({
     "conv": _conv,
     "conv_transpose": _conv_transpose,
     "silu": _silu,
@@ -355,7 +356,7 @@ KERNELS: Dict[str, Callable] = {
     "reduce_prod": _reduce(np.prod),
     "reduce_sum_square": _reduce(lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims)),
     "reduce_l2_norm": _reduce(lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims))),
-}
+})
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -420,6 +421,9 @@ class MILExecutor:
         )
         if missing:
             raise NotImplementedError(f"no numpy implementation for MIL ops {missing}")
+        nested = sorted({op.op_type for op in self._ops if op.blocks})
+        if nested:  # cond / while_loop bodies are not walked
+            raise NotImplementedError(f"control-flow ops with nested blocks are not supported: {nested}")
         self._materialize_constants()
 
     def _materialize_constants(self) -> None:

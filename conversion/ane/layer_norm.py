@@ -4,10 +4,11 @@ What: ``LayerNormANE`` normalises every sequence position over its C channels, e
 ``nn.LayerNorm(C)`` does on the same data laid out as (B, S, C).
 
 Why: on the Neural Engine sequence tensors live as (B, C, 1, S) (channels first, sequence last), so
-the normalised axis is axis 1, not the last one. Core ML's ``layer_norm`` op over a non-last axis is
-not guaranteed to stay on the ANE; the explicit mean / variance / rsqrt decomposition below is
-made of plain reductions and elementwise ops that do. Parameter names (``weight``, ``bias``) and
-shapes (C,) match ``nn.LayerNorm``, so a LayerNorm's state dict loads unchanged.
+the normalised axis is axis 1, not the last one, and ``nn.LayerNorm`` (last axis) would need a
+transpose on either side. The mean / variance / rsqrt form below is what Apple's reference uses;
+coremltools fuses it into one MIL ``layer_norm`` over axis 1 (seen in the tiny test UNet's program).
+Parameter names (``weight``, ``bias``) and shapes (C,) match ``nn.LayerNorm``, so a LayerNorm's state
+dict loads unchanged.
 """
 
 from __future__ import annotations

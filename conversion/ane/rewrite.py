@@ -66,22 +66,31 @@ def from_bc1s(x: torch.Tensor) -> torch.Tensor:
 
 
 def mask_to_bc1s(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Turn a diffusers-style attention mask into an additive bias broadcastable to (B, Sk, 1, Sq).
+    """Turn the additive attention bias diffusers hands to processors into one broadcastable to (B, Sk, 1, Sq).
 
-    - (B, Sk): keep-mask (1 keep, 0 discard) -> (B, Sk, 1, 1) bias.
-    - (B, Sq or 1, Sk): additive bias, as diffusers passes it -> (B, Sk, 1, Sq or 1).
+    As in diffusers' processors the mask is an additive bias (0 keep, large negative discard); the
+    UNet / Transformer2DModel turn (B, Sk) keep-masks into such biases before calling attention.
+
+    - (B, Sk) -> (B, Sk, 1, 1)
+    - (B, Sq or 1, Sk) -> (B, Sk, 1, Sq or 1)
     - 4-D: already (B or 1, Sk, 1, Sq or 1); returned as is.
     """
     if mask is None:
         return None
     if mask.dim() == 2:
-        bias = (1 - mask.to(dtype)) * -10000.0  # (B, Sk); diffusers' own keep-mask conversion
-        return bias[:, :, None, None]  # (B, Sk, 1, 1)
+        return mask.to(dtype)[:, :, None, None]  # (B, Sk) -> (B, Sk, 1, 1)
     if mask.dim() == 3:
         return mask.to(dtype).transpose(1, 2).unsqueeze(2)  # (B, Sq|1, Sk) -> (B, Sk, 1, Sq|1)
     if mask.dim() == 4:
         return mask.to(dtype)
     raise ValueError(f"unsupported attention mask shape {tuple(mask.shape)}")
+
+
+def keep_mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, Sk) keep-mask (1 keep, 0 discard) -> (B, 1, Sk) bias, as ``Transformer2DModel`` does; else unchanged."""
+    if mask is None or mask.dim() != 2:
+        return mask
+    return ((1 - mask.to(dtype)) * -10000.0).unsqueeze(1)  # (B, 1, Sk)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -145,7 +154,7 @@ class ANEAttnProcessor:
     - hidden_states (B, S, C): transposed to (B, C, 1, S) and back (for unconverted callers), or
       4-D (B, C, H, W) / (B, C, 1, S): only viewed as (B, C, 1, H*W), no transpose.
     - encoder_hidden_states (B, Sk, Ce) or (B, Ce, 1, Sk).
-    - attention_mask: see ``mask_to_bc1s``.
+    - attention_mask: an additive bias, see ``mask_to_bc1s``.
 
     Returns the same layout it was given, like diffusers' own processors.
     """
@@ -343,8 +352,8 @@ class ANETransformer2DModel(nn.Module):
         inner = x.shape[1]
         x = x.reshape(b, inner, 1, height * width)  # (B, inner, 1, S), token order y*W + x as diffusers
         ctx = None if encoder_hidden_states is None else to_bc1s(encoder_hidden_states)  # (B, Ce, 1, Sk)
-        self_mask = mask_to_bc1s(attention_mask, x.dtype)
-        cross_mask = mask_to_bc1s(encoder_attention_mask, x.dtype)
+        self_mask = mask_to_bc1s(keep_mask_to_bias(attention_mask, x.dtype), x.dtype)  # (B, S, 1, 1|S)
+        cross_mask = mask_to_bc1s(keep_mask_to_bias(encoder_attention_mask, x.dtype), x.dtype)  # (B, Sk, 1, 1)
         for block in self.transformer_blocks:
             x = block(x, ctx, attention_mask=self_mask, encoder_attention_mask=cross_mask)  # (B, inner, 1, S)
         x = self.proj_out(x.reshape(b, inner, height, width))  # (B, C, H, W)
@@ -470,7 +479,7 @@ class ANECLIPTextModel(nn.Module):
         super().__init__()
         _check_kind(kind)
         text = getattr(model, "text_model", model)  # transformers 4.x nests a CLIPTextTransformer
-        self.eos_token_id = text.config.eos_token_id if hasattr(text, "config") else model.config.eos_token_id
+        self.eos_token_id = int(model.config.eos_token_id)
         self.embeddings = text.embeddings  # shared with `model`, used unchanged
         self.layers = nn.ModuleList(ANECLIPEncoderLayer(layer, kind, chunk_size) for layer in text.encoder.layers)
         self.final_layer_norm = LayerNormANE.from_layer_norm(text.final_layer_norm)
