@@ -39,7 +39,9 @@ def trailing_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.nd
     """
     if num_steps < 1 or num_steps > num_train_timesteps:
         raise ValueError(f"steps must be in 1..{num_train_timesteps}, got {num_steps}")
-    grid = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps)) - 1
+    # diffusers writes np.arange(T, 0, -T/n), which for some n (61, 103, ...) yields n + 1 points
+    # ending at -1 through float rounding; this counts exactly n points and is otherwise identical.
+    grid = np.round(num_train_timesteps - np.arange(num_steps) * (num_train_timesteps / num_steps)) - 1
     return grid.astype(np.int64)
 
 

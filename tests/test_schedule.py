@@ -89,3 +89,9 @@ def test_trailing_grid_matches_diffusers(steps):
 def test_trailing_grids_are_nested():
     for n in (1, 2, 4):
         assert set(trailing_timesteps(n)) <= set(trailing_timesteps(2 * n))
+
+
+def test_trailing_grid_has_exactly_n_points_for_every_n():
+    for n in range(1, 1001):
+        grid = trailing_timesteps(n)
+        assert len(grid) == n and grid[0] == 999 and grid[-1] >= 0 and np.all(np.diff(grid) < 0)

@@ -1,0 +1,163 @@
+import Foundation
+
+/// A generation request that cannot be run, a model that misbehaved, or a cancelled run.
+public enum PipelineError: Error, Equatable, CustomStringConvertible, LocalizedError {
+    /// The request is invalid; the message names the problem in one line.
+    case invalidRequest(String)
+    /// A model returned something of the wrong shape or type.
+    case badModelOutput(String)
+    /// The progress handler asked to stop.
+    case cancelled
+
+    public var description: String {
+        switch self {
+        case let .invalidRequest(message), let .badModelOutput(message): return message
+        case .cancelled: return "generation cancelled"
+        }
+    }
+
+    public var errorDescription: String? { description }
+}
+
+/// What the pipeline needs to know about a model besides the models themselves.
+public struct PipelineConfiguration: Sendable {
+    public var card: ModelCard
+    public var schedule: NoiseSchedule
+    /// Latent shape of one image, `(C, h, w)`.
+    public var latentShape: [Int]
+    public var imageHeight: Int
+    public var imageWidth: Int
+    /// Latents are divided by this before decoding.
+    public var scalingFactor: Double
+    /// Token ids per prompt (CLIP: 77).
+    public var maxTokenLength: Int
+
+    public init(card: ModelCard, schedule: NoiseSchedule = .scaledLinear(), latentShape: [Int], imageHeight: Int,
+                imageWidth: Int, scalingFactor: Double = 0.18215, maxTokenLength: Int = CLIPTokenizer.maxLength) {
+        self.card = card
+        self.schedule = schedule
+        self.latentShape = latentShape
+        self.imageHeight = imageHeight
+        self.imageWidth = imageWidth
+        self.scalingFactor = scalingFactor
+        self.maxTokenLength = maxTokenLength
+    }
+
+    /// Everything from a (validated) export contract.
+    public init(contract: ExportContract) throws {
+        try contract.validate()
+        self.init(card: contract.model, schedule: try NoiseSchedule(config: contract.schedule),
+                  latentShape: contract.latentShape, imageHeight: contract.image.height,
+                  imageWidth: contract.image.width, scalingFactor: contract.latent.scalingFactor,
+                  maxTokenLength: contract.tokenizer.maxLength)
+    }
+}
+
+/// One generation request. `nil` fields take the model card's recommendation.
+public struct GenerationSettings: Sendable {
+    public var steps: Int?
+    /// The paper's guidance weight (guidance_scale = 1 + w).
+    public var w: Double?
+    public var sampler: Sampler?
+    /// Image `i` uses seed `seed + i`.
+    public var seed: UInt32
+    public var imageCount: Int
+    /// Used by a guided teacher only; a student ignores it (with a warning).
+    public var negativePrompt: String
+    /// Drop a too-long prompt's last tokens instead of failing.
+    public var truncatePrompts: Bool
+
+    public init(steps: Int? = nil, w: Double? = nil, sampler: Sampler? = nil, seed: UInt32 = 0, imageCount: Int = 1,
+                negativePrompt: String = "", truncatePrompts: Bool = false) {
+        self.steps = steps
+        self.w = w
+        self.sampler = sampler
+        self.seed = seed
+        self.imageCount = imageCount
+        self.negativePrompt = negativePrompt
+        self.truncatePrompts = truncatePrompts
+    }
+}
+
+/// A request with every default filled in and checked against the card.
+public struct ResolvedSettings: Equatable, Sendable {
+    public var steps: Int
+    public var w: Double
+    public var sampler: Sampler
+    public var seed: UInt32
+    public var imageCount: Int
+    public var negativePrompt: String
+    public var truncatePrompts: Bool
+    /// The sampler's timestep grid, noisiest first.
+    public var timesteps: [Int]
+    /// Things the caller should know (e.g. a step count the student was not distilled for).
+    public var warnings: [String]
+}
+
+/// Seconds spent in each model, as the Python pipeline reports them.
+public struct Timings: Equatable, Sendable {
+    public var textEncoder: Double = 0
+    public var unet: Double = 0
+    public var unetCalls: Int = 0
+    public var vaeDecode: Double = 0
+    public var total: Double = 0
+
+    public init() {}
+
+    public var summary: String {
+        let perCall = unet / Double(max(unetCalls, 1))
+        return String(format: "text encoder %.3fs | unet %.3fs (%d calls, %.1f ms each) | vae decode %.3fs | total %.3fs",
+                      textEncoder, unet, unetCalls, perCall * 1000, vaeDecode, total)
+    }
+}
+
+/// The parameters that reproduce one image (the Python pipeline's PNG metadata).
+public struct ImageMetadata: Codable, Equatable, Sendable {
+    public var prompt: String
+    public var negativePrompt: String
+    public var seed: UInt32
+    public var steps: Int
+    public var w: Double
+    public var guidanceScale: Double
+    public var sampler: String
+    public var height: Int
+    public var width: Int
+    public var modelKind: String
+    public var generator: String = "ane-diffusion"
+
+    enum CodingKeys: String, CodingKey {
+        case prompt, seed, steps, w, sampler, height, width, generator
+        case negativePrompt = "negative_prompt"
+        case guidanceScale = "guidance_scale"
+        case modelKind = "model_kind"
+    }
+}
+
+/// Images and everything about how they were made.
+public struct GenerationResult: Sendable {
+    /// One image per (prompt, image index), prompts outermost.
+    public var images: [RGBImage]
+    /// The sampled latents `(1, C, h, w)` of each image, before the scaling-factor division.
+    public var latents: [Tensor]
+    public var metadata: [ImageMetadata]
+    public var timings: Timings
+    public var warnings: [String]
+}
+
+/// Reported after every sampler step; return `false` from the handler to cancel.
+public struct PipelineProgress {
+    public var promptIndex: Int
+    public var promptCount: Int
+    public var step: Int
+    public var stepCount: Int
+    public var timestep: Int
+    /// The latents after this step `(B, C, h, w)`.
+    public var latents: Tensor
+}
+
+/// Run `body` and the seconds it took.
+func measure<T>(_ body: () throws -> T) rethrows -> (T, Double) {
+    let start = DispatchTime.now().uptimeNanoseconds
+    let result = try body()
+    return (result, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+}
