@@ -6,6 +6,6 @@ paper's (``guidance_scale = 1 + w``, see :mod:`ane_diffusion.guidance`).
 
 __version__ = "0.1.0"
 
-from .api import generate, load_pipeline  # noqa: E402
+from .api import edit, generate, inpaint, load_pipeline  # noqa: E402
 
-__all__ = ["generate", "load_pipeline", "__version__"]
+__all__ = ["edit", "generate", "inpaint", "load_pipeline", "__version__"]

@@ -63,7 +63,7 @@ class Bundle:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.configs["unet"].get("in_channels", 4))
+        return int(self.configs["vae"].get("latent_channels", 4))
 
     @property
     def default_size(self) -> int:

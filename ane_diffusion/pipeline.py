@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -45,12 +45,14 @@ class Timings:
     unet: float = 0.0
     unet_calls: int = 0
     vae_decode: float = 0.0
+    vae_encode: float = 0.0
     total: float = 0.0
 
     def summary(self) -> str:
         per_call = self.unet / max(self.unet_calls, 1)
         return (f"text encoder {self.text_encoder:.3f}s | unet {self.unet:.3f}s ({self.unet_calls} calls, "
-                f"{per_call * 1000:.1f} ms each) | vae decode {self.vae_decode:.3f}s | total {self.total:.3f}s")
+                f"{per_call * 1000:.1f} ms each) | vae decode {self.vae_decode:.3f}s"
+                + (f" | vae encode {self.vae_encode:.3f}s" if self.vae_encode else "") + f" | total {self.total:.3f}s")
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Pipeline:
     def resolve(self, prompts: Sequence[str], settings: Settings) -> Settings:
         """Fill defaults from the card and reject what cannot run, with one-line messages."""
         card = self.card
-        s = Settings(**asdict(settings))
+        s = replace(settings)
         s.sampler = get_sampler(s.sampler or card.recommended_sampler)
         s.steps = s.steps if s.steps is not None else (card.steps or card.recommended_steps)
         s.w = card.default_w if s.w is None else float(s.w)
@@ -126,20 +128,26 @@ class Pipeline:
         timings.text_encoder += time.perf_counter() - start
         return hidden
 
-    def denoiser(self, cond: np.ndarray, uncond: Optional[np.ndarray], w: float, timings: Timings):
-        """``denoise(z, t) -> x_hat``: one student call, or one batch-2 guided teacher call."""
+    def denoiser(self, cond: np.ndarray, uncond: Optional[np.ndarray], w: float, timings: Timings,
+                 extra_channels: Optional[np.ndarray] = None):
+        """``denoise(z, t) -> x_hat``: one student call, or one batch-2 guided teacher call.
+
+        ``extra_channels`` (B, k, h, w) are appended to the UNet input (an inpainting UNet's mask
+        and masked-image latent); the estimate is of the first channels, the latent.
+        """
         kind = self.card.prediction_type
         student = self.card.is_student
 
         def denoise(z: np.ndarray, t: int) -> np.ndarray:
             start = time.perf_counter()
             batch = z.shape[0]
+            unet_in = z if extra_channels is None else np.concatenate([z, extra_channels], axis=1)
             if student:
-                out = self.backend.predict(z, t, cond, np.full(batch, w, np.float32))
+                out = self.backend.predict(unet_in, t, cond, np.full(batch, w, np.float32))
             elif w == 0 or uncond is None:
-                out = self.backend.predict(z, t, cond)
+                out = self.backend.predict(unet_in, t, cond)
             else:
-                both = self.backend.predict(np.concatenate([z, z]), t, np.concatenate([uncond, cond]))
+                both = self.backend.predict(np.concatenate([unet_in, unet_in]), t, np.concatenate([uncond, cond]))
                 out = combine(both[batch:], both[:batch], w)
             timings.unet += time.perf_counter() - start
             timings.unet_calls += 1
@@ -174,13 +182,15 @@ class Pipeline:
     def text_to_image(self, prompts: Sequence[str] | str, settings: Settings = Settings(),
                       progress: bool = False) -> Result:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if int(self.bundle.configs["unet"].get("in_channels", 4)) != self.bundle.latent_channels:
+            raise GenerationError("this UNet takes extra input channels (an inpainting UNet): use inpaint")
         s = self.resolve(prompts, settings)
         timings = Timings()
         begin = time.perf_counter()
         factor = self.bundle.vae_scale_factor
         latent_shape = (self.bundle.latent_channels, s.height // factor, s.width // factor)
         timesteps = default_timesteps(s.sampler, s.steps, self.schedule.num_train_timesteps)
-        bar = _progress_bar(len(prompts) * len(timesteps), progress)
+        bar = progress_bar(len(prompts) * len(timesteps), progress)
         images, metadata = [], []
         needs_uncond = not self.card.is_student and s.w != 0
         uncond = self.encode_prompts([s.negative_prompt], timings) if needs_uncond else None
@@ -191,20 +201,20 @@ class Pipeline:
             denoise = self.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings)
             x = self.sample(denoise, z, s.sampler, timesteps, sources, bar)
             images += to_pil(self.decode(x, timings))
-            metadata += [self._metadata(prompt, s, s.seed + i) for i in range(s.num_images)]
+            metadata += [self.metadata(prompt, s, s.seed + i) for i in range(s.num_images)]
         if bar is not None:
             bar.close()
         timings.total = time.perf_counter() - begin
         return Result(images, metadata, timings)
 
-    def _metadata(self, prompt: str, s: Settings, seed: int) -> dict:
+    def metadata(self, prompt: str, s: Settings, seed: int) -> dict:
         return {"prompt": prompt, "negative_prompt": s.negative_prompt, "seed": seed, "steps": s.steps,
                 "w": s.w, "guidance_scale": guidance_scale_from_w(s.w), "sampler": s.sampler,
                 "height": s.height, "width": s.width, "model": self.bundle.source, "model_kind": self.card.kind,
                 "backend": self.backend.name, "generator": "ane-diffusion"}
 
 
-def _progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm

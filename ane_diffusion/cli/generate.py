@@ -8,29 +8,37 @@ from pathlib import Path
 from ..samplers import SAMPLERS
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="text to image",
-                              description="Generate images from text. w is the paper's guidance weight "
-                                          "(guidance_scale = 1 + w); defaults come from the model card.")
-    p.add_argument("prompts", nargs="+", help="one or more prompts")
+def add_common_options(p, default_output: str, samplers=SAMPLERS, sizes: bool = False) -> None:
+    """Options shared by generate, edit and inpaint."""
     p.add_argument("--model", default=None, help="model folder, .safetensors file, hub id, or 'default' "
                    "(the embedded demo student); a Core ML export folder with --backend coreml")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's)")
     p.add_argument("--guidance", "-w", dest="w", type=float, default=None,
                    help="guidance weight w (paper convention; guidance_scale = 1 + w)")
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model card's")
+    p.add_argument("--sampler", choices=samplers, default=None, help="default: the model card's")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    if sizes:
+        p.add_argument("--height", type=int, default=None)
+        p.add_argument("--width", type=int, default=None)
+    else:
+        p.add_argument("--resize", action="store_true", help="resize the input to the model's image size")
     p.add_argument("--negative-prompt", default="", help="teacher only")
     p.add_argument("--backend", choices=("torch", "coreml"), default="torch")
     p.add_argument("--device", default=None, help="torch device (default: mps, then cuda, then cpu)")
     p.add_argument("--compute-units", default="ALL", choices=("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"),
                    help="Core ML compute units (macOS)")
-    p.add_argument("--output", "-o", type=Path, default=Path("image.png"),
+    p.add_argument("--output", "-o", type=Path, default=Path(default_output),
                    help="PNG path (numbered when several images) or an existing folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or timings")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="text to image",
+                              description="Generate images from text. w is the paper's guidance weight "
+                                          "(guidance_scale = 1 + w); defaults come from the model card.")
+    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    add_common_options(p, default_output="image.png", sizes=True)
     p.set_defaults(run=run)
 
 
@@ -40,6 +48,14 @@ def backend_options(args) -> dict:
     return {"compute_units": args.compute_units}
 
 
+def report(result, args) -> int:
+    for meta in result.metadata:
+        print(meta["path"])
+    if not args.quiet:
+        print(result.timings.summary(), file=sys.stderr)
+    return 0
+
+
 def run(args) -> int:
     from ..api import generate
 
@@ -47,8 +63,4 @@ def run(args) -> int:
                       sampler=args.sampler, seed=args.seed, num_images=args.num_images, height=args.height,
                       width=args.width, negative_prompt=args.negative_prompt, output=args.output,
                       progress=not args.quiet, **backend_options(args))
-    for meta in result.metadata:
-        print(meta["path"])
-    if not args.quiet:
-        print(result.timings.summary(), file=sys.stderr)
-    return 0
+    return report(result, args)

@@ -136,6 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/demo"))
     parser.add_argument("--only", nargs="*", choices=STAGES)
     parser.add_argument("--smoke", action="store_true", help="a few updates per stage: checks the plumbing")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="override a setting")
     args = parser.parse_args(argv)
     from ..memory import keep_freed_memory
 
@@ -146,6 +147,10 @@ def main(argv=None) -> int:
     if args.smoke:
         settings = RecipeSettings(train_images=256, vae_steps=3, teacher_steps=3, guidance_updates=3,
                                   progressive_updates=2)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        kind = type(getattr(settings, name))
+        setattr(settings, name, kind(value))
     torch.set_num_threads(settings.threads)
     Recipe(args.work, settings).run(args.only)
     return 0

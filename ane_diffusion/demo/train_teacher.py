@@ -50,28 +50,32 @@ def train_teacher(latents, token_ids: np.ndarray, empty_ids: np.ndarray, text_co
     from ..schedule import DiscreteSchedule, add_noise
     from .configs import unet_config
 
+    from ..backends.torch_backend import select_device
+
+    device = select_device()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(unet_config())
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    unet = UNet2DConditionModel.from_config(unet_config()).to(device)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).to(device)
+    latents = latents.to(device)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     warmup = max(steps // 50, 1)
     schedule_lr = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / warmup) * max(0.0, 1.0 - i / steps))
-    alphas_cumprod = torch.from_numpy(DiscreteSchedule.scaled_linear().alphas_cumprod).float()
-    ids = torch.from_numpy(token_ids.astype(np.int64))
-    empty = torch.from_numpy(empty_ids.astype(np.int64))
+    alphas_cumprod = torch.from_numpy(DiscreteSchedule.scaled_linear().alphas_cumprod).float().to(device)
+    ids = torch.from_numpy(token_ids.astype(np.int64)).to(device)
+    empty = torch.from_numpy(empty_ids.astype(np.int64)).to(device)
     generator = torch.Generator().manual_seed(seed)
     start, bar = time.time(), tqdm(range(steps), desc="teacher", mininterval=5)
     for step in bar:
-        index = torch.randint(0, len(latents), (batch_size,), generator=generator)
+        index = torch.randint(0, len(latents), (batch_size,), generator=generator).to(device)
         x = latents[index]
         batch_ids = ids[index].clone()
-        drop = torch.rand(batch_size, generator=generator) < caption_dropout
+        drop = (torch.rand(batch_size, generator=generator) < caption_dropout).to(device)
         batch_ids[drop] = empty
-        t = torch.randint(0, 1000, (batch_size,), generator=generator)
-        eps = torch.randn(x.shape, generator=generator)
+        t = torch.randint(0, 1000, (batch_size,), generator=generator).to(device)
+        eps = torch.randn(x.shape, generator=generator).to(device)
         abar = alphas_cumprod[t].view(-1, 1, 1, 1)
         z = add_noise(x, eps, abar.sqrt(), (1 - abar).sqrt())
         prediction = unet(z, t, text_encoder(batch_ids)[0]).sample
@@ -88,7 +92,8 @@ def train_teacher(latents, token_ids: np.ndarray, empty_ids: np.ndarray, text_co
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log(json.dumps({"stage": "teacher", "step": step, "loss": loss.item(),
                             "lr": schedule_lr.get_last_lr()[0], "elapsed_s": time.time() - start}))
-    summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "caption_dropout": caption_dropout,
+    ema_text.to("cpu"), ema_unet.to("cpu")
+    summary = {"device": str(device), "steps": steps, "batch_size": batch_size, "lr": lr, "caption_dropout": caption_dropout,
                "ema_decay": ema_decay, "final_loss": loss.item(), "seconds": time.time() - start,
                "objective": "epsilon MSE, uniform t over 1000 SD timesteps"}
     return ema_text.eval(), ema_unet.eval(), summary

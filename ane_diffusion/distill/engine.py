@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 import warnings
@@ -109,6 +110,11 @@ class Engine:
 
         self.cfg, self.stage = cfg, stage
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.accelerator.num_processes:  # else every process would write the same files
+            raise ValueError(f"{launched} processes were launched but accelerate joined "
+                             f"{self.accelerator.num_processes}; without GPUs launch with ACCELERATE_USE_CPU=1 "
+                             "accelerate launch --multi_gpu --num_processes N")
         self.output = Path(cfg.output)
         self.checkpoint = None
         self._prepare_output()
@@ -155,25 +161,30 @@ class Engine:
         self.accelerator.wait_for_everyone()
         if self.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            if cfg.overwrite:
-                for path in taken:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for path in taken if cfg.overwrite else []:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         self.accelerator.wait_for_everyone()
         if self.checkpoint is not None:
             restore_rng_states(self.checkpoint.rng)
             self.on_main(self._truncate_log)
 
     def _check_resumable(self, meta: dict) -> None:
-        if meta.get("stage") != self.stage:
-            raise CheckpointError(f"the checkpoint in {self.output} is from a {meta.get('stage')} run, "
+        missing = [k for k in ("stage", "phase_index", "update", "settings", "losses", "processes") if k not in meta]
+        if missing:
+            raise CheckpointError(f"checkpoint in {self.output} is corrupted: state.json lacks {', '.join(missing)}")
+        if meta["stage"] != self.stage:
+            raise CheckpointError(f"the checkpoint in {self.output} is from a {meta['stage']} run, "
                                   f"not {self.stage}")
-        saved, current = meta.get("settings", {}), self.cfg.training_settings()
+        saved, current = meta["settings"], self.cfg.training_settings()
         changed = sorted(k for k in current if saved.get(k) != current[k])
         if changed:
             raise CheckpointError(f"--resume needs the interrupted run's settings; changed: {', '.join(changed)}")
-        if meta.get("processes") != self.accelerator.num_processes:
+        if meta["processes"] != self.accelerator.num_processes:
             warnings.warn(f"resuming with {self.accelerator.num_processes} processes instead of "
-                          f"{meta.get('processes')}: the data order will differ from an uninterrupted run",
+                          f"{meta['processes']}: the data order will differ from an uninterrupted run",
                           stacklevel=2)
 
     def _truncate_log(self) -> None:

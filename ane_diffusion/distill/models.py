@@ -38,16 +38,17 @@ def predict_x0(unet, z, t, hidden, alpha, sigma, kind: str, w=None, embedding_di
 
 def freeze(unet, dtype=None):
     """The frozen, eval-mode teacher (optionally cast to the mixed-precision dtype to save memory)."""
+    import torch
+
     unet.eval().requires_grad_(False)
-    return unet.to(dtype=dtype) if dtype is not None else unet
+    if dtype is None:
+        return unet
+    return unet.half() if dtype == torch.float16 else unet.bfloat16()
 
 
 def trainable_copy(unet):
     """A float32, train-mode copy of ``unet`` that will become the student."""
-    import torch
-
-    student = copy.deepcopy(unet).to(dtype=torch.float32)
-    return student.train().requires_grad_(True)
+    return copy.deepcopy(unet).float().train().requires_grad_(True)
 
 
 def student_scheduler_config(teacher_config: dict, prediction_type: str) -> dict:

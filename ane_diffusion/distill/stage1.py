@@ -54,7 +54,7 @@ class GuidanceLoss:
     autocast: Callable
 
     def draw(self, batch: MicroBatch):
-        """``(z_t, t, alpha, sigma, w)`` for the batch's latents: t (B,) long, the rest float32."""
+        """``(z_t, t, w)`` for the batch's latents: t (B,) CPU int64, z_t and w on the device."""
         import torch
 
         size, gen, device = batch.x0.shape[0], batch.generator, batch.device
@@ -62,20 +62,23 @@ class GuidanceLoss:
         w = self.w_min + (self.w_max - self.w_min) * torch.rand(size, generator=gen)
         eps = torch.randn(batch.x0.shape, generator=gen).to(device)
         alpha, sigma = alpha_sigma(self.schedule, t, device)
-        z = add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps))
-        return z, t.to(device), alpha, sigma, w.to(device)
+        return add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps)), t, w.to(device)
 
-    def target(self, batch: MicroBatch, z, t, alpha, sigma, w):
+    def loss_at(self, student, z, t, cond, uncond, w):
+        """The weighted x-space error of ``student`` at given ``z`` (B, C, H, W), ``t`` (B,) CPU int64,
+        embeddings (B, 77, D) and ``w`` (B,): the training loss, and the held-out measure."""
         import torch
 
+        alpha, sigma = alpha_sigma(self.schedule, t, z.device)
+        t = t.to(z.device)
         with torch.no_grad(), self.autocast():
-            return guided_teacher_x0(self.teacher, z, t, batch.cond, batch.uncond, alpha, sigma, w, self.teacher_kind)
+            target = guided_teacher_x0(self.teacher, z, t, cond, uncond, alpha, sigma, w, self.teacher_kind)
+        x_hat = predict_x0(student, z, t, cond, alpha, sigma, self.student_kind, w, self.embedding_dim)
+        return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
 
     def __call__(self, student, batch: MicroBatch):
-        z, t, alpha, sigma, w = self.draw(batch)
-        target = self.target(batch, z, t, alpha, sigma, w)
-        x_hat = predict_x0(student, z, t, batch.cond, alpha, sigma, self.student_kind, w, self.embedding_dim)
-        return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
+        z, t, w = self.draw(batch)
+        return self.loss_at(student, z, t, batch.cond, batch.uncond, w)
 
 
 def guidance_card(teacher_bundle, cfg: DistillConfig, summary: dict, data_summary: dict) -> ModelCard:

@@ -76,34 +76,40 @@ class ProgressiveLoss:
     autocast: Callable
 
     def draw(self, batch: MicroBatch):
-        """``(z_t, times, alpha_t, sigma_t, w)``; ``times`` = (t, t', t'') CPU int64 tensors (B,)."""
+        """``(z_t, index, w)``: ``index`` (B,) CPU int64 points of the student's grid, t = grid[index]."""
         import torch
 
         size, gen, device = batch.x0.shape[0], batch.generator, batch.device
         index = torch.randint(0, self.student_steps, (size,), generator=gen)
         w = self.w_min + (self.w_max - self.w_min) * torch.rand(size, generator=gen)
         eps = torch.randn(batch.x0.shape, generator=gen).to(device)
-        times = tuple(torch.from_numpy(a) for a in
-                      two_step_timesteps(self.student_steps, index.numpy(), self.schedule.num_train_timesteps))
-        alpha, sigma = alpha_sigma(self.schedule, times[0], device)
-        z = add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps))
-        return z, times, alpha, sigma, w.to(device)
+        alpha, sigma = alpha_sigma(self.schedule, self.timesteps(index)[0], device)
+        return add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps)), index, w.to(device)
 
-    def target(self, batch: MicroBatch, z, times, alpha, sigma, w):
-        """``x_tilde`` (B, C, H, W): the x that makes one student step land on the teacher's two."""
+    def timesteps(self, index):
+        """``(t, t', t'')`` CPU int64 tensors (B,) for grid indices (B,)."""
         import torch
 
+        times = two_step_timesteps(self.student_steps, index.numpy(), self.schedule.num_train_timesteps)
+        return tuple(torch.from_numpy(a) for a in times)
+
+    def loss_at(self, student, z, index, cond, w):
+        """The weighted error between one student step and two teacher steps from ``z`` (B, C, H, W)
+        at grid points ``index`` (B,): the training loss, and the held-out measure."""
+        import torch
+
+        times = self.timesteps(index)
+        alpha, sigma = alpha_sigma(self.schedule, times[0], z.device)
         with torch.no_grad(), self.autocast():
-            z_end, a_end, s_end = teacher_two_steps(self.teacher, z, times, batch.cond, w, self.schedule,
+            z_end, a_end, s_end = teacher_two_steps(self.teacher, z, times, cond, w, self.schedule,
                                                     self.kind, self.embedding_dim)
-        return two_step_target(z, z_end, alpha, sigma, a_end, s_end)
+        target = two_step_target(z, z_end, alpha, sigma, a_end, s_end)
+        x_hat = predict_x0(student, z, times[0].to(z.device), cond, alpha, sigma, self.kind, w, self.embedding_dim)
+        return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
 
     def __call__(self, student, batch: MicroBatch):
-        z, times, alpha, sigma, w = self.draw(batch)
-        target = self.target(batch, z, times, alpha, sigma, w)
-        x_hat = predict_x0(student, z, times[0].to(z.device), batch.cond, alpha, sigma, self.kind, w,
-                           self.embedding_dim)
-        return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
+        z, index, w = self.draw(batch)
+        return self.loss_at(student, z, index, batch.cond, w)
 
 
 def progressive_card(root_card: ModelCard, root_source: str, teacher_card: ModelCard, teacher_source: str,

@@ -20,9 +20,10 @@ TINY_CORPUS = [
 
 
 def tiny_configs(sample_size: int = 8, cross_attention_dim: int = 32, vocab_size: int = 1000,
-                 bos_id: int = 998, eos_id: int = 999, prediction_type: str = "epsilon") -> dict:
+                 bos_id: int = 998, eos_id: int = 999, prediction_type: str = "epsilon",
+                 unet_in_channels: int = 4) -> dict:
     """Configs of a tiny text encoder, UNet, VAE (scale factor 2) and SD's scheduler."""
-    unet = dict(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+    unet = dict(sample_size=sample_size, in_channels=unet_in_channels, out_channels=4, layers_per_block=1,
                 block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], cross_attention_dim=cross_attention_dim,
                 attention_head_dim=8, norm_num_groups=8)
@@ -52,8 +53,11 @@ def tiny_tokenizer_files(corpus=TINY_CORPUS) -> tuple[dict, dict]:
 
 def make_tiny_bundle(folder: Path, student: bool = False, seed: int = 0, prediction_type: str = "epsilon",
                      embedding_dim: int = 16, steps: int | None = None, sample_size: int = 8,
-                     card: ModelCard | None = None) -> Path:
-    """Write a tiny teacher (or guidance-conditioned student) bundle to ``folder``."""
+                     card: ModelCard | None = None, unet_in_channels: int = 4) -> Path:
+    """Write a tiny teacher (or guidance-conditioned student) bundle to ``folder``.
+
+    ``unet_in_channels=9`` makes a dedicated inpainting UNet (latent, mask, masked-image latent).
+    """
     import torch
 
     from ..student import add_guidance_input
@@ -61,7 +65,8 @@ def make_tiny_bundle(folder: Path, student: bool = False, seed: int = 0, predict
 
     files, vocab = tiny_tokenizer_files()
     configs = tiny_configs(sample_size=sample_size, vocab_size=len(vocab), bos_id=vocab["<|startoftext|>"],
-                           eos_id=vocab["<|endoftext|>"], prediction_type=prediction_type)
+                           eos_id=vocab["<|endoftext|>"], prediction_type=prediction_type,
+                           unet_in_channels=unet_in_channels)
     torch.manual_seed(seed)
     components = build_from_configs(configs)
     if student:
