@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ane_diffusion.cli.bench import load_library
+import ane_diffusion.benchmarking as bench_lib
 
 
 def run_cli(*args, cwd=None, timeout=300):
@@ -109,7 +109,7 @@ def test_meta_count_equals_a_real_cpu_count():
     import torch
     from diffusers import UNet2DConditionModel
 
-    lib = load_library()
+    lib = bench_lib
     flops = importlib.import_module(f"{lib.__name__}.flops")
     spec = importlib.import_module(f"{lib.__name__}.architectures").arch_spec("demo")
     configs = spec.student_configs
@@ -124,7 +124,7 @@ def test_meta_count_equals_a_real_cpu_count():
 
 def test_sd15_configs_are_stable_diffusion_1_5():
     """Parameter counts of the published SD 1.5 components (built on the meta device: no memory)."""
-    lib = load_library()
+    lib = bench_lib
     flops = importlib.import_module(f"{lib.__name__}.flops")
     teacher, student = flops.reference_work("sd15")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -165,7 +165,7 @@ def test_coreml_path_runs_against_the_backend_interface(monkeypatch, tiny_studen
     import ane_diffusion.backends as backends
     from ane_diffusion.backends.torch_backend import TorchBackend
 
-    lib = load_library()
+    lib = bench_lib
     coreml = importlib.import_module(f"{lib.__name__}.coreml")
     monkeypatch.setattr(coreml, "available", lambda: True)
     loaded = []
@@ -215,7 +215,7 @@ def test_bench_is_a_cli_subcommand():
 
 def test_export_configs_are_checked_against_the_architecture():
     """Core ML exports record part of their configs; FLOPs come from --arch only when they agree."""
-    lib = load_library()
+    lib = bench_lib
     arch = importlib.import_module(f"{lib.__name__}.architectures")
     spec = arch.arch_spec("demo")
     partial = {"unet": {k: spec.student_configs["unet"][k] for k in ("in_channels", "block_out_channels")},

@@ -7,11 +7,6 @@ strides / padding / dilation, conv_transpose, upsample, silu, gather_nd) match P
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -19,31 +14,11 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 pytest.importorskip("diffusers")
 
+from torch import nn
 
-def _import_conversion():
-    """Import ``ane_diffusion_conversion``, registering ``conversion/`` under that name if not installed."""
-    try:
-        return importlib.import_module("ane_diffusion_conversion")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ane_diffusion_conversion":
-            raise
-    root = Path(__file__).resolve().parents[1] / "conversion"
-    spec = importlib.util.spec_from_file_location(
-        "ane_diffusion_conversion", root / "__init__.py", submodule_search_locations=[str(root)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ane_diffusion_conversion"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_import_conversion()
-
-from torch import nn  # noqa: E402
-
-import ane_diffusion_conversion.mil_executor as mil  # noqa: E402
-from ane_diffusion_conversion.ane import rewrite as rw  # noqa: E402
-from ane_diffusion_conversion.mil_executor import MILExecutor  # noqa: E402
+import ane_diffusion_conversion.mil_executor as mil
+from ane_diffusion_conversion.ane import rewrite as rw
+from ane_diffusion_conversion.mil_executor import MILExecutor
 
 
 def psnr(out: np.ndarray, ref: np.ndarray) -> float:

@@ -5,44 +5,15 @@
     python -m ane_diffusion bench --arch sd15 --check-unet   # one student UNet call: does it run?
     python -m ane_diffusion bench --backend coreml --model STUDENT_EXPORT --teacher-model TEACHER_EXPORT  # macOS
 
-A thin shell over the library in ``benchmarks/latency/`` of the source checkout (an editable
-install, ``pip install -e .``): ``benchmarks/`` is not an installed package, so it is loaded by
-path from the checkout this package lives in. Results go to ``benchmarks/results/latency-<arch>``
-``.json/.md/.png``; ``benchmarks/README.md`` explains how to read them.
+A thin shell over :mod:`ane_diffusion.benchmarking`. Results go to
+``benchmarks/results/latency-<arch>.json/.md/.png``; ``benchmarks/README.md`` explains how to read them.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
-LIBRARY_NAME = "ane_diffusion_latency_bench"
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
-
-
-def library_path() -> Path:
-    """``benchmarks/latency/`` of the checkout this package belongs to."""
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "latency"
-
-
-def load_library():
-    """Import ``benchmarks/latency/`` as the package ``ane_diffusion_latency_bench``."""
-    if LIBRARY_NAME in sys.modules:
-        return sys.modules[LIBRARY_NAME]
-    folder = library_path()
-    init = folder / "__init__.py"
-    if not init.is_file():
-        raise ValueError(f"the bench command needs the source checkout (pip install -e .): {folder} not found")
-    spec = importlib.util.spec_from_file_location(LIBRARY_NAME, init, submodule_search_locations=[str(folder)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[LIBRARY_NAME] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(LIBRARY_NAME, None)
-        raise
-    return module
 
 
 def register(subparsers) -> None:
@@ -81,7 +52,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    lib = load_library()
+    from .. import benchmarking as lib
+
     options = lib.BenchOptions(
         arch=args.arch, quick=args.quick, warmup=args.warmup, repeats=args.repeats,
         baseline_steps=tuple(args.baseline_steps), student_steps=tuple(args.student_steps),

@@ -27,7 +27,7 @@ STAGES = ("data", "vae", "teacher", "guidance", "progressive", "ship")
 class RecipeSettings:
     seed: int = 0
     train_images: int = 20000
-    vae_steps: int = 1500
+    vae_steps: int = 3000
     vae_batch: int = 32
     teacher_steps: int = 7000
     teacher_batch: int = 64
@@ -39,7 +39,7 @@ class RecipeSettings:
     guidance_updates: int = 3000
     progressive_start_steps: int = 16
     progressive_updates: int = 1200
-    threads: int = 2
+    threads: int = 1  # two processes with two threads each on two cores spin-wait: 10x slower
 
 
 class Recipe:

@@ -101,7 +101,8 @@ def save_checkpoint(folder: Path, meta: dict, student: dict, optimizer: dict, lr
     from safetensors.torch import save_file
 
     opt_tensors, opt_structure = flatten_optimizer(optimizer)
-    files = {"student.safetensors": _cpu(student), "optimizer.safetensors": opt_tensors, "rng.safetensors": rng_states()}
+    files = {"student.safetensors": _cpu(student), "optimizer.safetensors": opt_tensors,
+             "rng.safetensors": rng_states()}
     if ema is not None:
         files["ema.safetensors"] = _cpu(ema)
     with atomic_directory(folder, overwrite=True) as tmp:

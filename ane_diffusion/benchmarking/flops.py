@@ -129,7 +129,7 @@ def student_evaluations(steps: int) -> dict:
 def reference_work(model: str) -> tuple:
     """``(teacher WorkCounter, student WorkCounter)`` of a reference model at 512x512:
     ``sd15`` (= SD 1.4's architecture) or ``sd21-base``; used by the projection."""
-    from . import sd15
+    from ..testing import sd15
 
     if model == "sd15":
         configs = sd15.configs()

@@ -8,7 +8,7 @@ each wrapped in a real :class:`ane_diffusion.pipeline.Pipeline` on the torch bac
 * ``demo``: the embedded demo model (32x32 images, 8x8 latents). Its configs come from the shipped
   bundle ``ane_diffusion/assets/default`` when it is installed, else from
   :mod:`ane_diffusion.demo.configs`.
-* ``sd15``: Stable Diffusion 1.5 at 512x512 (:mod:`.sd15`), about 1.1 B parameters in float32.
+* ``sd15``: Stable Diffusion 1.5 at 512x512 (:mod:`ane_diffusion.testing.sd15`), about 1.1 B parameters in float32.
 """
 
 from __future__ import annotations
@@ -89,13 +89,13 @@ def _private_free(config: dict) -> dict:
 def arch_spec(arch: str) -> ArchSpec:
     check_arch(arch)
     if arch == "sd15":
-        from . import sd15
+        from ..testing import sd15
 
         files = _tokenizer_files([PROMPTS["sd15"]])
         vocab = json.loads(files["vocab.json"])
         bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
         return ArchSpec("sd15", sd15.configs(bos, eos, eos), files, default_w=6.5,
-                        configs_from="benchmarks/latency/sd15.py",
+                        configs_from="ane_diffusion/testing/sd15.py",
                         info={"weights": "random (latency does not depend on weight values)",
                               "tokenizer": "CLIP BPE built from the prompt (valid ids < 49408)"})
     from ane_diffusion.bundle import default_model_path, resolve_bundle

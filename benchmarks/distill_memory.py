@@ -1,0 +1,217 @@
+"""Peak memory of ONE stage-1 distillation update at Stable Diffusion 1.5's full size.
+
+The UNet is built from SD 1.5's public architecture (config inline, random weights, no download).
+One update is exactly the training code's: the teacher's conditional + unconditional forward
+without gradients, the student's forward and backward (:class:`ane_diffusion.distill.stage1.
+GuidanceLoss`), and an optimiser step, at batch 1 on 64x64 latents (512x512 images).
+
+    python benchmarks/distill_memory.py --estimate                       # arithmetic only, no model
+    python benchmarks/distill_memory.py --device cuda --mixed-precision bf16
+    python benchmarks/distill_memory.py --device cpu --optimizer sgd     # smaller, see below
+
+What is measured: on CUDA ``torch.cuda.max_memory_allocated`` during the update (weights
+included; allocator caching excluded); on CPU the process's peak resident set size
+(``resource.getrusage``, which also covers building the two UNets); on MPS the driver's allocation
+after the update (MPS has no peak counter). Results go to ``benchmarks/results/`` as JSON.
+
+Safety: fp32 SD 1.5 with AdamW needs about 17 GB for weights, gradients and Adam state alone,
+before activations. On CPU the script refuses to start when its estimate exceeds the memory
+available (``MemAvailable``) unless ``--force``; ``--optimizer sgd`` (plain SGD, no optimiser
+state) drops the 2 x 3.4 GB of Adam moments and is the documented fallback for a small machine;
+it measures everything else of the update unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
+    freq_shift=0, down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                    "DownBlock2D"],
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    only_cross_attention=False, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
+    downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
+    cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False,
+)
+"""runwayml/stable-diffusion-v1-5 ``unet/config.json`` (the architecture fields)."""
+
+GUIDANCE_EMBEDDING_DIM = 256
+GIB = 1024**3
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--estimate", action="store_true", help="print the arithmetic estimate and exit")
+    p.add_argument("--force", action="store_true", help="run on CPU even above the available memory")
+    p.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
+    return p.parse_args(argv)
+
+
+def count_parameters() -> int:
+    """Parameters of the SD 1.5 UNet, counted on the meta device (nothing allocated)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in UNet2DConditionModel(**SD15_UNET).parameters())
+
+
+def estimate_bytes(params: int, mixed_precision: str, optimizer: str) -> dict:
+    """Weights, gradients and optimiser state (activations come on top and are measured)."""
+    teacher = params * (4 if mixed_precision == "no" else 2)
+    student = params * 4 * 2 + (params * 8 if optimizer == "adamw" else 0)  # weights + grads (+ 2 moments)
+    return {"teacher_weights": teacher, "student_weights_grads_optimizer": student, "total": teacher + student}
+
+
+def available_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("cannot read MemAvailable")
+
+
+def build_models(device, half_dtype, gradient_checkpointing: bool):
+    """(teacher, student): random SD 1.5 UNet frozen (in the mixed-precision dtype), and its
+    guidance-input copy (float32, trainable), built as the training code builds them."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from ane_diffusion.distill.models import freeze
+    from ane_diffusion.student import add_guidance_input
+
+    with torch.device(device):
+        teacher = UNet2DConditionModel(**SD15_UNET)
+    student = add_guidance_input(teacher, GUIDANCE_EMBEDDING_DIM).train().requires_grad_(True)
+    if gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    return freeze(teacher, half_dtype), student
+
+
+def one_update(args, device, teacher, student) -> float:
+    """One stage-1 update through the training code; returns its duration in seconds."""
+    import torch
+
+    from ane_diffusion.distill.engine import MicroBatch
+    from ane_diffusion.distill.stage1 import GuidanceLoss
+    from ane_diffusion.schedule import DiscreteSchedule
+
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=half)) if half else contextlib.nullcontext
+    loss_fn = GuidanceLoss(teacher, DiscreteSchedule.scaled_linear(), "epsilon", "v_prediction",
+                           GUIDANCE_EMBEDDING_DIM, 1.0, 13.0, autocast)
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.0)
+    else:
+        optimizer = torch.optim.SGD(student.parameters(), lr=1e-5)
+    scaler = torch.amp.GradScaler(device.type) if args.mixed_precision == "fp16" else None
+    gen = torch.Generator().manual_seed(0)
+    b = args.batch_size
+    x0, cond, uncond = (torch.randn(shape, generator=gen).to(device)
+                        for shape in ((b, 4, 64, 64), (b, 77, 768), (b, 77, 768)))  # latents, text embeddings
+    batch = MicroBatch(x0, cond, uncond, gen, device)
+    start = time.perf_counter()
+    with autocast():
+        loss = loss_fn(student, batch)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    scaler.step(optimizer) if scaler else optimizer.step()
+    if scaler:
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def machine(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.machine()} {platform.processor() or platform.system()} ({torch.get_num_threads()} threads)"
+
+
+def measure(args) -> dict:
+    import torch
+
+    device = torch.device(args.device)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the imports, before any model
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
+    teacher, student = build_models(device, half, args.gradient_checkpointing)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = one_update(args, device, teacher, student)
+    if device.type == "cuda":
+        peak, metric = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+    elif device.type == "mps":
+        peak, metric = torch.mps.driver_allocated_memory(), "torch.mps.driver_allocated_memory (after the update)"
+    else:
+        peak, metric = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss (process peak RSS)"
+    return {"peak_bytes": peak, "peak_gib": round(peak / GIB, 3), "metric": metric,
+            "cpu_rss_before_models_gib": round(baseline / GIB, 3), "update_seconds": round(seconds, 3),
+            "machine": machine(device)}
+
+
+def versions() -> dict:
+    import accelerate
+    import diffusers
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "accelerate": accelerate.__version__, "cuda": torch.version.cuda}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    params = count_parameters()
+    estimate = estimate_bytes(params, args.mixed_precision, args.optimizer)
+    summary = {"unet_parameters": params, "estimate_gib": {k: round(v / GIB, 2) for k, v in estimate.items()}}
+    if args.estimate:
+        print(json.dumps(summary, indent=2))
+        return 0
+    if args.device == "cpu" and not args.force and estimate["total"] > available_bytes():
+        print(f"error: the estimate ({estimate['total'] / GIB:.1f} GiB before activations) exceeds the available "
+              f"memory ({available_bytes() / GIB:.1f} GiB); try --optimizer sgd or --force", file=sys.stderr)
+        return 2
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": args.device,
+              "mixed_precision": args.mixed_precision, "optimizer": args.optimizer,
+              "gradient_checkpointing": args.gradient_checkpointing, "batch_size": args.batch_size,
+              "latent_size": 64, "guidance_embedding_dim": GUIDANCE_EMBEDDING_DIM, **summary,
+              **measure(args), "versions": versions()}
+    args.output.mkdir(parents=True, exist_ok=True)
+    tag = "-".join([args.device, args.mixed_precision, args.optimizer]
+                   + (["gc"] if args.gradient_checkpointing else []))
+    path = args.output / f"distill_memory-{tag}-{result['date'][:10]}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(path, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

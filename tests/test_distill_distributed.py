@@ -1,0 +1,89 @@
+"""Two data-parallel CPU processes (gloo) under ``accelerate launch``: stage 1 completes, learns,
+and the main process alone writes a loadable student.
+
+accelerate 1.x's ``launch --cpu --num_processes 2`` starts ONE process unless an MPI hostfile is
+given; two CPU processes are started through torchrun with ``--multi_gpu`` and
+``ACCELERATE_USE_CPU=1``, which makes accelerate join them with gloo. Runs in the default suite
+(about 30 s); the ``distributed`` mark lets it be selected or skipped.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ane_diffusion.bundle import resolve_bundle
+from ane_diffusion.distill import DistillConfig
+from ane_diffusion.distill.data import load_training_set
+from ane_diffusion.distill.models import alpha_sigma
+from ane_diffusion.distill.stage1 import GuidanceLoss
+from ane_diffusion.schedule import expand_like
+from ane_diffusion.student import add_guidance_input
+from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
+from ane_diffusion.torch_models import load_components
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_dataset(folder, count=8):
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "manifest.jsonl").write_text("".join(
+        json.dumps({"file": f"{i}.png", "caption": TINY_CORPUS[i % len(TINY_CORPUS)]}) + "\n" for i in range(count)))
+    return folder
+
+
+@pytest.mark.distributed
+def test_two_process_stage1_run(tmp_path):
+    teacher = make_tiny_bundle(tmp_path / "teacher", prediction_type="v_prediction")
+    images = write_dataset(tmp_path / "images")
+    output = tmp_path / "run"
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+    distill = ["-m", "ane_diffusion", "distill", "guidance", "--teacher", str(teacher), "--data", str(images),
+               "--output", str(output), "--updates", "40", "--lr", "1e-4", "--batch-size", "2",
+               "--w-min", "0", "--w-max", "4", "--guidance-embedding-dim", "32", "--log-every", "5",
+               "--checkpoint-every", "20", "--quiet"]
+    result = subprocess.run(launch + distill, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [str(output / "student")]  # printed once, by the main process
+
+    student = resolve_bundle(output / "student")
+    assert student.card.training["processes"] == 2 and student.card.training["effective_batch_size"] == 4
+    trained = load_components(student).unet
+    log = [json.loads(line)["update"] for line in (output / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(5, 41, 5))  # one writer
+
+    bundle = resolve_bundle(teacher)
+    components = load_components(bundle)
+    cfg = DistillConfig(model=str(teacher), output=str(output), data=str(images))
+    data = load_training_set(cfg, bundle, components, output / "cache", "cpu")
+    x0, cond, uncond = data.batch(np.arange(8))
+    t = torch.tensor([30, 150, 300, 450, 600, 750, 900, 999])
+    alpha, sigma = alpha_sigma(bundle.schedule, t, "cpu")
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
+    loss = GuidanceLoss(components.unet, bundle.schedule, "v_prediction", "v_prediction", 32, 0.0, 4.0,
+                        contextlib.nullcontext)
+    initial = add_guidance_input(components.unet, 32)
+    with torch.no_grad():
+        w = torch.full((8,), 3.0)
+        before = loss.loss_at(initial, z, t, cond, uncond, w).item()
+        after = loss.loss_at(trained, z, t, cond, uncond, w).item()
+    assert after < 0.8 * before, (before, after)

@@ -1,0 +1,122 @@
+"""Stage 1 (guidance distillation) on a tiny v-prediction teacher: initialisation, learning, card."""
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ane_diffusion.bundle import resolve_bundle
+from ane_diffusion.distill import DistillConfig, distill_guidance
+from ane_diffusion.distill.data import load_training_set
+from ane_diffusion.distill.models import alpha_sigma, predict_x0
+from ane_diffusion.distill.stage1 import GuidanceLoss
+from ane_diffusion.schedule import expand_like
+from ane_diffusion.student import add_guidance_input
+from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
+from ane_diffusion.torch_models import load_components
+
+W_RANGE = (0.0, 4.0)
+EVAL_W = (1.0, 2.0, 3.0)
+EMBEDDING_DIM = 256
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine, 2 threads that spin-wait slow tiny models
+    down several-fold whenever another process is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_dataset(folder, count=12):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        rows.append(json.dumps({"file": f"{i}.png", "caption": TINY_CORPUS[i % len(TINY_CORPUS)]}))
+    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 120-update stage-1 run (lr 1e-4: Adam at 1e-3 throws the tiny UNet away from its teacher
+    init faster than it learns the guidance term)."""
+    root = tmp_path_factory.mktemp("stage1")
+    teacher = make_tiny_bundle(root / "teacher", prediction_type="v_prediction")
+    cfg = DistillConfig(model=str(teacher), output=str(root / "run"), data=str(write_dataset(root / "images")),
+                        w_min=W_RANGE[0], w_max=W_RANGE[1], guidance_embedding_dim=EMBEDDING_DIM,
+                        updates=120, lr=1e-4, batch_size=4, progress=False, checkpoint_every=1000)
+    return cfg, distill_guidance(cfg)
+
+
+def heldout(cfg, bundle, components, n=8):
+    """Fixed held-out (z_t, t, embeddings): the run's latents with fresh noise at spread-out t."""
+    data = load_training_set(cfg, bundle, components, f"{cfg.output}/cache", "cpu")
+    x0, cond, uncond = data.batch(np.arange(n) % len(data))
+    t = torch.tensor([30, 150, 300, 450, 600, 750, 900, 999])
+    alpha, sigma = alpha_sigma(bundle.schedule, t, "cpu")
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1234))
+    return expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps, t, cond, uncond
+
+
+def test_untrained_student_is_the_teachers_conditional_model(run):
+    cfg, _ = run
+    bundle = resolve_bundle(cfg.model)
+    teacher = load_components(bundle).unet
+    student = add_guidance_input(teacher, EMBEDDING_DIM)
+    z, t, cond, uncond = heldout(cfg, bundle, load_components(bundle))
+    alpha, sigma = alpha_sigma(bundle.schedule, t, "cpu")
+    with torch.no_grad():
+        reference = predict_x0(teacher, z, t, cond, alpha, sigma, "v_prediction")
+        for w in (0.0, 1.5, 4.0, 11.0):
+            x_hat = predict_x0(student, z, t, cond, alpha, sigma, "v_prediction", torch.full((8,), w), EMBEDDING_DIM)
+            torch.testing.assert_close(x_hat, reference, rtol=0, atol=1e-6)
+        loss = GuidanceLoss(teacher, bundle.schedule, "v_prediction", "v_prediction", EMBEDDING_DIM, *W_RANGE,
+                            contextlib.nullcontext)
+        assert loss.loss_at(student, z, t, cond, uncond, torch.zeros(8)).item() < 1e-10  # w = 0: no guidance
+
+
+def test_short_run_halves_the_error_to_the_guided_teacher(run):
+    cfg, student_path = run
+    bundle = resolve_bundle(cfg.model)
+    components = load_components(bundle)
+    z, t, cond, uncond = heldout(cfg, bundle, components)
+    initial = add_guidance_input(components.unet, EMBEDDING_DIM)
+    trained = load_components(resolve_bundle(student_path)).unet
+    loss = GuidanceLoss(components.unet, bundle.schedule, "v_prediction", "v_prediction", EMBEDDING_DIM, *W_RANGE,
+                        contextlib.nullcontext)
+    before, after = [], []
+    with torch.no_grad():
+        for w in EVAL_W:
+            w = torch.full((8,), w)
+            before.append(loss.loss_at(initial, z, t, cond, uncond, w).item())
+            after.append(loss.loss_at(trained, z, t, cond, uncond, w).item())
+    assert sum(after) <= 0.5 * sum(before), (before, after)
+    assert after[-1] <= 0.5 * before[-1], (before, after)  # the strongest guidance is learned too
+
+
+def test_student_bundle_and_card(run):
+    cfg, student_path = run
+    student = resolve_bundle(student_path)
+    card = student.card
+    assert card.kind == "guidance-distilled" and card.steps is None
+    assert (card.w_min, card.w_max) == W_RANGE and card.w_min <= card.default_w <= card.w_max
+    assert card.guidance_embedding_dim == EMBEDDING_DIM and card.prediction_type == "v_prediction"
+    assert card.teacher == cfg.model and card.lineage[-1]["kind"] == "teacher"
+    training = card.training
+    assert training["updates"] == 120 and np.isfinite(training["final_loss"])
+    assert training["settings"]["lr"] == 1e-4 and "target_steps" not in training["settings"]
+    assert training["data"]["examples"] == 12
+    assert student.configs["scheduler"]["prediction_type"] == "v_prediction"
+    assert student.configs["unet"]["time_cond_proj_dim"] == EMBEDDING_DIM
+    log = [json.loads(line) for line in (student_path.parent / "log.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in log] == list(range(10, 121, 10))
+    assert {"loss", "lr", "updates_per_s", "phase", "update"} <= set(log[0])

@@ -1,0 +1,95 @@
+"""Stage 2 (progressive distillation): a 2-step student learns the 4-step teacher's two steps."""
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ane_diffusion.bundle import resolve_bundle
+from ane_diffusion.distill import DistillConfig, distill_progressive
+from ane_diffusion.distill.data import load_training_set
+from ane_diffusion.distill.models import alpha_sigma
+from ane_diffusion.distill.stage2 import ProgressiveLoss
+from ane_diffusion.schedule import expand_like
+from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
+from ane_diffusion.torch_models import load_components
+
+EMBEDDING_DIM = 16  # make_tiny_bundle's default
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine, 2 threads that spin-wait slow tiny models
+    down several-fold whenever another process is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_dataset(folder, count=12):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{TINY_CORPUS[i % len(TINY_CORPUS)]}")
+    (folder / "manifest.csv").write_text("file,caption\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """4-step stage-1 student (tiny, random) -> a 2-step student, 60 updates."""
+    root = tmp_path_factory.mktemp("stage2")
+    student = make_tiny_bundle(root / "stage1", student=True, prediction_type="v_prediction")
+    cfg = DistillConfig(model=str(student), output=str(root / "run"), data=str(write_dataset(root / "images")),
+                        start_steps=4, target_steps=2, updates=60, lr=1e-4, batch_size=4, progress=False)
+    return cfg, distill_progressive(cfg)
+
+
+def test_two_step_student_matches_the_four_step_teacher_better(run):
+    cfg, paths = run
+    assert [p.name for p in paths] == ["steps-2"]
+    bundle = resolve_bundle(cfg.model)
+    components = load_components(bundle)
+    teacher = components.unet  # also the student before training
+    trained = load_components(resolve_bundle(paths[0])).unet
+    data = load_training_set(cfg, bundle, components, f"{cfg.output}/cache", "cpu")
+    x0, cond, _ = data.batch(np.arange(8))
+    index = torch.tensor([0, 1] * 4)
+    loss = ProgressiveLoss(teacher, bundle.schedule, "v_prediction", EMBEDDING_DIM, 2, 0.0, 8.0,
+                           contextlib.nullcontext)
+    alpha, sigma = alpha_sigma(bundle.schedule, loss.timesteps(index)[0], "cpu")
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(99))
+    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
+    with torch.no_grad():
+        for w in (1.0, 3.0, 6.0):
+            w = torch.full((8,), w)
+            before = loss.loss_at(teacher, z, index, cond, w).item()
+            after = loss.loss_at(trained, z, index, cond, w).item()
+            assert after < 0.7 * before, (w, before, after)
+
+
+def test_phase_bundle_card_and_chaining(run, tmp_path):
+    cfg, paths = run
+    card = resolve_bundle(paths[0]).card
+    assert card.kind == "progressive" and card.steps == 2 and card.recommended_steps == 2
+    assert card.guidance_embedding_dim == EMBEDDING_DIM and card.prediction_type == "v_prediction"
+    assert [entry["kind"] for entry in card.lineage] == ["guidance-distilled"]
+    assert card.training["teacher_steps"] == 4 and card.training["updates"] == 60
+    assert card.training["settings"]["target_steps"] == 2 and "w_min" not in card.training["settings"]
+    log = [json.loads(line) for line in (paths[0].parent / "log.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in log} == {"steps-2"}
+    # A phase bundle is a valid input for the next halving; its step count is taken from the card.
+    nxt = DistillConfig(model=str(paths[0]), output=str(tmp_path / "next"), data=cfg.data, target_steps=1,
+                        updates=2, progress=False)
+    (path,) = distill_progressive(nxt)
+    assert resolve_bundle(path).card.lineage[-1]["steps"] == 2
+    with pytest.raises(ValueError, match="--start-steps must be 2"):
+        distill_progressive(DistillConfig(model=str(paths[0]), output=str(tmp_path / "bad"), data=cfg.data,
+                                          start_steps=4, target_steps=1, progress=False))
