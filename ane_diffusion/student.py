@@ -27,5 +27,6 @@ def add_guidance_input(teacher_unet, embedding_dim: int = DEFAULT_EMBEDDING_DIM)
         raise RuntimeError(f"teacher and student UNets differ beyond the guidance input: {missing} {unexpected}")
     with torch.no_grad():
         student.time_embedding.cond_proj.weight.zero_()
-    return student.to(dtype=next(teacher_unet.parameters()).dtype,
-                      device=next(teacher_unet.parameters()).device)
+    reference = next(teacher_unet.parameters())
+    student.to(reference.device)
+    return student if reference.dtype == torch.float32 else student.to(reference.dtype)

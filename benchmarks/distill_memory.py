@@ -33,19 +33,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
-    freq_shift=0, down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                    "DownBlock2D"],
-    mid_block_type="UNetMidBlock2DCrossAttn",
-    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    only_cross_attention=False, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
-    downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
-    cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False,
-)
-"""runwayml/stable-diffusion-v1-5 ``unet/config.json`` (the architecture fields)."""
+from ane_diffusion.testing.sd15 import GUIDANCE_EMBEDDING_DIM, unet_config  # noqa: E402
 
-GUIDANCE_EMBEDDING_DIM = 256
 GIB = 1024**3
 
 
@@ -68,7 +57,7 @@ def count_parameters() -> int:
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        return sum(p.numel() for p in UNet2DConditionModel(**SD15_UNET).parameters())
+        return sum(p.numel() for p in UNet2DConditionModel(**unet_config()).parameters())
 
 
 def estimate_bytes(params: int, mixed_precision: str, optimizer: str) -> dict:
@@ -95,7 +84,7 @@ def build_models(device, half_dtype, gradient_checkpointing: bool):
     from ane_diffusion.student import add_guidance_input
 
     with torch.device(device):
-        teacher = UNet2DConditionModel(**SD15_UNET)
+        teacher = UNet2DConditionModel(**unet_config())
     student = add_guidance_input(teacher, GUIDANCE_EMBEDDING_DIM).train().requires_grad_(True)
     if gradient_checkpointing:
         student.enable_gradient_checkpointing()

@@ -2,11 +2,15 @@
 
 import os
 
-import pytest
-
-from ane_diffusion.memory import keep_freed_memory
-
+# One intra-op thread for the test models (and the CLI subprocesses, which inherit it): they are
+# tiny, and on a shared 2-core machine two spin-waiting threads slow them down several-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from ane_diffusion.memory import keep_freed_memory  # noqa: E402
+
 keep_freed_memory()
 
 

@@ -23,16 +23,6 @@ class Killed(Exception):
     """Stands in for the process dying."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 threads that spin-wait slow tiny models
-    down several-fold whenever another process is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     from PIL import Image

@@ -22,16 +22,6 @@ EVAL_W = (1.0, 2.0, 3.0)
 EMBEDDING_DIM = 256
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 threads that spin-wait slow tiny models
-    down several-fold whenever another process is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_dataset(folder, count=12):
     from PIL import Image
 

@@ -19,16 +19,6 @@ from ane_diffusion.torch_models import load_components
 EMBEDDING_DIM = 16  # make_tiny_bundle's default
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 threads that spin-wait slow tiny models
-    down several-fold whenever another process is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_dataset(folder, count=12):
     from PIL import Image
 

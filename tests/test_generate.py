@@ -10,7 +10,7 @@ import pytest
 from ane_diffusion import generate, load_pipeline
 from ane_diffusion.bundle import ModelLoadError, resolve_bundle
 from ane_diffusion.images import read_metadata
-from ane_diffusion.pipeline import GenerationError, Settings
+from ane_diffusion.pipeline import Settings
 
 
 def run_cli(*args, cwd=None):

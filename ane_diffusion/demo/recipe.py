@@ -29,16 +29,19 @@ class RecipeSettings:
     train_images: int = 20000
     vae_steps: int = 3000
     vae_batch: int = 32
-    teacher_steps: int = 7000
+    teacher_steps: int = 5000
     teacher_batch: int = 64
     teacher_lr: float = 3e-4
     caption_dropout: float = 0.1
     default_w: float = 3.0
     w_min: float = 0.0
     w_max: float = 6.0
-    guidance_updates: int = 3000
+    distill_images: int = 8000
+    distill_batch: int = 32
+    distill_lr: float = 1e-4
+    guidance_updates: int = 1500
     progressive_start_steps: int = 16
-    progressive_updates: int = 1200
+    progressive_updates: int = 600
     threads: int = 1  # two processes with two threads each on two cores spin-wait: 10x slower
 
 
@@ -112,6 +115,41 @@ class Recipe:
         self.log(json.dumps({"stage": "teacher", "summary": summary}))
         del torch
 
+    def distill_data(self) -> Path:
+        """Real training images with captions (manifest.jsonl), the trainers' --data."""
+        from .shapes import write_image_folder
+
+        folder = self.work / "images"
+        if not folder.exists():
+            write_image_folder(folder, self.settings.distill_images, resolution=32, seed=self.settings.seed + 1)
+        return folder
+
+    def distill_config(self, model: Path, output: Path, updates: int, **stage):
+        from ..distill import DistillConfig
+
+        s = self.settings
+        return DistillConfig(model=str(model), output=str(output), data=str(self.distill_data()),
+                             cache_dir=str(self.work / "distill-cache"), updates=updates, batch_size=s.distill_batch,
+                             lr=s.distill_lr, warmup=min(100, updates // 10), ema_decay=0.999, seed=s.seed,
+                             checkpoint_every=500, progress=True, **stage)
+
+    def guidance(self) -> None:
+        from ..distill import distill_guidance
+
+        s = self.settings
+        distill_guidance(self.distill_config(self.work / "teacher", self.work / "stage1-run", s.guidance_updates,
+                                             w_min=s.w_min, w_max=s.w_max, prediction_type="v_prediction"))
+        (self.work / "stage1-run" / "student").rename(self.work / "stage1")
+
+    def progressive(self) -> None:
+        from ..distill import distill_progressive
+
+        s = self.settings
+        run = self.work / "progressive-run"
+        distill_progressive(self.distill_config(self.work / "stage1", run, s.progressive_updates,
+                                                start_steps=s.progressive_start_steps, target_steps=1))
+        (run).rename(self.work / "progressive")
+
     def run(self, only=None) -> None:
         outputs = {"data": "data.npz", "vae": "vae", "teacher": "teacher", "guidance": "stage1",
                    "progressive": "progressive", "ship": "shipped.json"}
@@ -146,7 +184,8 @@ def main(argv=None) -> int:
     settings = RecipeSettings()
     if args.smoke:
         settings = RecipeSettings(train_images=256, vae_steps=3, teacher_steps=3, guidance_updates=3,
-                                  progressive_updates=2)
+                                  progressive_updates=2, progressive_start_steps=4, distill_images=16,
+                                  distill_batch=4)
     for item in args.set:
         name, _, value = item.partition("=")
         kind = type(getattr(settings, name))
