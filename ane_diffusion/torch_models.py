@@ -109,7 +109,7 @@ def save_bundle(folder: Path, components: TorchComponents, scheduler_config: dic
                 tokenizer_files: dict, card: ModelCard, overwrite: bool = False,
                 half_precision: bool = False) -> Path:
     """Write a diffusers-format folder (safetensors weights) with its card, atomically."""
-    torch = require_torch()
+    require_torch()
     from safetensors.torch import save_file
 
     card.validate()
