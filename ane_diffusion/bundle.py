@@ -9,7 +9,9 @@ A bundle is resolved from one of:
 * a single-file ``.safetensors`` checkpoint: this project's own single-file format (every
   component's weights under a prefix, configs and tokenizer in the header metadata), or an
   original Stable Diffusion checkpoint, which diffusers converts when its configs are reachable.
-* the name ``default`` (or nothing): the embedded demo model shipped inside the package.
+* the name ``default`` (or nothing): the embedded demo model shipped inside the package, its
+  4-step student; ``demo-teacher``, ``demo-stage1``, ``demo-8step``, ``demo-2step`` and
+  ``demo-1step`` name the other embedded models (see :data:`EMBEDDED_MODELS`).
 
 Only safetensors weights are ever read: a checkpoint is never unpickled.
 """
@@ -33,6 +35,11 @@ WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors",
 SINGLE_FILE_KEY = "ane_diffusion_bundle"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DEFAULT_MODEL = "default"
+EMBEDDED_MODELS = {"default": "steps-4", "demo-teacher": "teacher", "demo-stage1": "stage1",
+                   "demo-8step": "steps-8", "demo-4step": "steps-4", "demo-2step": "steps-2",
+                   "demo-1step": "steps-1"}
+"""Embedded demo models: one shared text encoder, VAE and tokenizer under ``assets/demo``, and a
+layer per model under ``assets/demo/models/NAME`` (its UNet, scheduler config and card)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -52,6 +59,12 @@ class Bundle:
     root: Optional[Path] = None
     single_file: Optional[Path] = None
     extra: dict = field(default_factory=dict)
+    component_dirs: dict = field(default_factory=dict)
+    """Folder of each component of a folder bundle (a layered bundle mixes two folders)."""
+
+    def weights_path(self, name: str) -> Path:
+        """The safetensors file of component ``name`` of a folder bundle."""
+        return self.component_dirs[name] / WEIGHT_FILES[name]
 
     @property
     def schedule(self) -> DiscreteSchedule:
@@ -97,26 +110,34 @@ def _load_card(folder: Path, configs: dict) -> ModelCard:
     return infer_card(configs["unet"], configs["scheduler"])
 
 
-def load_folder(folder: Path, source: Optional[str] = None) -> Bundle:
+def load_folder(folder: Path, source: Optional[str] = None, layer: Optional[Path] = None) -> Bundle:
+    """A diffusers-format folder; with ``layer``, a folder whose components, scheduler config and
+    card (those it has) take the place of ``folder``'s."""
     folder = Path(folder)
     if not (folder / "model_index.json").exists():
         raise ModelLoadError(f"{folder} is not a diffusers model folder (no model_index.json)")
     _read_json(folder / "model_index.json")
-    configs = {name: _read_json(folder / name / "config.json") for name in COMPONENTS}
-    configs["scheduler"] = _read_json(folder / "scheduler" / "scheduler_config.json")
+
+    def where(name: str) -> Path:
+        return layer if layer is not None and (layer / name).is_dir() else folder
+
+    dirs = {name: where(name) / name for name in COMPONENTS}
+    configs = {name: _read_json(dirs[name] / "config.json") for name in COMPONENTS}
+    configs["scheduler"] = _read_json(where("scheduler") / "scheduler" / "scheduler_config.json")
     for name in COMPONENTS:
-        if not (folder / name / WEIGHT_FILES[name]).exists():
-            pickled = list((folder / name).glob("*.bin")) + list((folder / name).glob("*.ckpt"))
+        if not (dirs[name] / WEIGHT_FILES[name]).exists():
+            pickled = list(dirs[name].glob("*.bin")) + list(dirs[name].glob("*.ckpt"))
             why = " (only pickled .bin weights found; they are never loaded)" if pickled else ""
             raise ModelLoadError(f"model folder is missing {name}/{WEIGHT_FILES[name]}{why}")
     tokenizer_files = {}
     for name in ("vocab.json", "merges.txt"):
-        path = folder / "tokenizer" / name
+        path = where("tokenizer") / "tokenizer" / name
         if not path.exists():
             raise ModelLoadError(f"model folder is missing tokenizer/{name}")
         tokenizer_files[name] = path.read_text(encoding="utf-8")
-    return Bundle(source=source or str(folder), configs=configs, card=_load_card(folder, configs),
-                  tokenizer_files=tokenizer_files, root=folder)
+    card_folder = layer if layer is not None and (layer / CARD_NAME).exists() else folder
+    return Bundle(source=source or str(layer or folder), configs=configs, card=_load_card(card_folder, configs),
+                  tokenizer_files=tokenizer_files, root=folder, component_dirs=dirs)
 
 
 def load_single_file(path: Path) -> Bundle:
@@ -164,18 +185,18 @@ def hub_snapshot(repo_id: str) -> Path:
                              f"({type(exc).__name__}); pass a local model folder instead") from None
 
 
-def default_model_path() -> Path:
-    return Path(__file__).parent / "assets" / "default"
+def embedded_root() -> Path:
+    return Path(__file__).parent / "assets" / "demo"
 
 
 def resolve_bundle(model: Optional[str | os.PathLike] = None) -> Bundle:
     """Resolve ``--model``: a folder, a single file, a hub id, or the embedded default."""
-    if model is None or str(model) == DEFAULT_MODEL:
-        path = default_model_path()
-        if not (path / "model_index.json").exists():
-            raise ModelLoadError("the embedded default model is not installed with this package; "
-                                 "pass --model PATH")
-        return load_folder(path, source=DEFAULT_MODEL)
+    name = DEFAULT_MODEL if model is None else str(model)
+    if name in EMBEDDED_MODELS:
+        layer = embedded_root() / "models" / EMBEDDED_MODELS[name]
+        if not layer.is_dir():
+            raise ModelLoadError(f"the embedded model {name!r} is not installed with this package; pass --model PATH")
+        return load_folder(embedded_root(), source=name, layer=layer)
     path = Path(model)
     if path.is_dir():
         return load_folder(path)

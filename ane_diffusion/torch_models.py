@@ -78,7 +78,7 @@ def load_components(bundle: Bundle, device=None, dtype=None) -> TorchComponents:
                             f"{bundle.single_file}:{name}")
         else:
             for name, module in components.modules().items():
-                path = bundle.root / name / WEIGHT_FILES[name]
+                path = bundle.weights_path(name)
                 _load_state(module, load_file(str(path)), str(path))
     for module in components.modules().values():
         module.eval().requires_grad_(False)

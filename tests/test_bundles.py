@@ -101,3 +101,21 @@ def test_device_selection_prefers_accelerators(monkeypatch):
 def test_scheduler_prediction_type_in_bundle(tiny_student):
     config = json.loads((tiny_student / "scheduler" / "scheduler_config.json").read_text())
     assert config["prediction_type"] == "v_prediction"
+
+
+def test_layered_bundle_takes_components_from_the_layer(tiny_teacher, tiny_student, tmp_path):
+    """The embedded models' layout: shared text encoder/VAE/tokenizer, a layer per model."""
+    from ane_diffusion.bundle import load_folder
+
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    for name in ("unet", "scheduler"):
+        shutil.copytree(tiny_student / name, layer / name)
+    shutil.copy(tiny_student / CARD_NAME, layer / CARD_NAME)
+    bundle = load_folder(tiny_teacher, layer=layer)
+    assert bundle.card.kind == "guidance-distilled"
+    assert bundle.weights_path("unet") == layer / "unet" / "diffusion_pytorch_model.safetensors"
+    assert bundle.weights_path("vae") == tiny_teacher / "vae" / "diffusion_pytorch_model.safetensors"
+    assert bundle.configs["unet"]["time_cond_proj_dim"] == 16
+    unet = load_components(bundle).unet
+    assert unet.time_embedding.cond_proj is not None

@@ -6,7 +6,7 @@ input, :func:`ane_diffusion.student.add_guidance_input`), sharing one text encod
 each wrapped in a real :class:`ane_diffusion.pipeline.Pipeline` on the torch backend.
 
 * ``demo``: the embedded demo model (32x32 images, 8x8 latents). Its configs come from the shipped
-  bundle ``ane_diffusion/assets/default`` when it is installed, else from
+  bundle ``ane_diffusion/assets/demo`` when it is installed, else from
   :mod:`ane_diffusion.demo.configs`.
 * ``sd15``: Stable Diffusion 1.5 at 512x512 (:mod:`ane_diffusion.testing.sd15`), about 1.1 B parameters in float32.
 """
@@ -98,16 +98,16 @@ def arch_spec(arch: str) -> ArchSpec:
                         configs_from="ane_diffusion/testing/sd15.py",
                         info={"weights": "random (latency does not depend on weight values)",
                               "tokenizer": "CLIP BPE built from the prompt (valid ids < 49408)"})
-    from ane_diffusion.bundle import default_model_path, resolve_bundle
+    from ane_diffusion.bundle import EMBEDDED_MODELS, embedded_root, resolve_bundle
 
-    if (default_model_path() / "model_index.json").exists():
+    if (embedded_root() / "models" / EMBEDDED_MODELS["default"]).is_dir():
         bundle = resolve_bundle("default")
         configs = {name: _private_free(bundle.configs[name]) for name in ("unet", "text_encoder", "vae")}
         configs["unet"].pop("time_cond_proj_dim", None)
         configs["scheduler"] = bundle.configs["scheduler"]
         return ArchSpec("demo", configs, bundle.tokenizer_files, default_w=bundle.card.default_w,
                         guidance_dim=bundle.card.guidance_embedding_dim or GUIDANCE_EMBEDDING_DIM,
-                        configs_from="ane_diffusion/assets/default",
+                        configs_from="ane_diffusion/assets/demo",
                         info={"weights": "random (latency does not depend on weight values)"})
     from ane_diffusion.demo import configs as demo
 
@@ -115,7 +115,7 @@ def arch_spec(arch: str) -> ArchSpec:
     configs = {"unet": demo.unet_config(), "vae": demo.vae_config(), "text_encoder": demo.text_encoder_config(vocab),
                "scheduler": demo.scheduler_config()}
     return ArchSpec("demo", configs, files, default_w=3.0, configs_from="ane_diffusion/demo/configs.py",
-                    info={"weights": "random (ane_diffusion/assets/default not installed; latency does not "
+                    info={"weights": "random (ane_diffusion/assets/demo not installed; latency does not "
                                      "depend on weight values)"})
 
 
