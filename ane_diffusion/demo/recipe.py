@@ -46,9 +46,12 @@ class RecipeSettings:
 
 
 class Recipe:
-    def __init__(self, work: Path, settings: RecipeSettings):
+    def __init__(self, work: Path, settings: RecipeSettings, assets: Path | None = None):
+        from ..bundle import embedded_root
+
         self.work = Path(work)
         self.settings = settings
+        self.assets = Path(assets) if assets is not None else embedded_root()
         self.work.mkdir(parents=True, exist_ok=True)
         self.log_path = self.work / "recipe.jsonl"
 
@@ -150,6 +153,29 @@ class Recipe:
                                                 start_steps=s.progressive_start_steps, target_steps=1))
         (run).rename(self.work / "progressive")
 
+    def trained_models(self) -> dict:
+        """Embedded name (see bundle.EMBEDDED_MODELS) -> the bundle the recipe trained."""
+        models = {"teacher": self.work / "teacher", "stage1": self.work / "stage1"}
+        for path in sorted((self.work / "progressive").glob("steps-*")):
+            models[path.name] = path
+        return models
+
+    def ship(self) -> None:
+        """Copy every trained model into ``ane_diffusion/assets/demo`` in float16 (shared text
+        encoder, VAE and tokenizer; a layer per model), after checking float16 is lossless enough."""
+        from ..atomic import atomic_directory
+        from .ship import check_float16, write_embedded
+
+        models = self.trained_models()
+        report = {"float16_check": check_float16(models["steps-4"])}
+        with atomic_directory(self.assets, overwrite=True) as tmp:
+            report["sizes"] = write_embedded(tmp, models)
+        from ..atomic import atomic_file
+
+        with atomic_file(self.work / "shipped.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        self.log(json.dumps({"stage": "ship", **report}))
+
     def run(self, only=None) -> None:
         outputs = {"data": "data.npz", "vae": "vae", "teacher": "teacher", "guidance": "stage1",
                    "progressive": "progressive", "ship": "shipped.json"}
@@ -174,6 +200,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/demo"))
     parser.add_argument("--only", nargs="*", choices=STAGES)
     parser.add_argument("--smoke", action="store_true", help="a few updates per stage: checks the plumbing")
+    parser.add_argument("--assets", type=Path, default=None,
+                        help="where ship writes (default: the package's ane_diffusion/assets/demo)")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="override a setting")
     args = parser.parse_args(argv)
     from ..memory import keep_freed_memory
@@ -184,14 +212,14 @@ def main(argv=None) -> int:
     settings = RecipeSettings()
     if args.smoke:
         settings = RecipeSettings(train_images=256, vae_steps=3, teacher_steps=3, guidance_updates=3,
-                                  progressive_updates=2, progressive_start_steps=4, distill_images=16,
+                                  progressive_updates=2, progressive_start_steps=16, distill_images=16,
                                   distill_batch=4)
     for item in args.set:
         name, _, value = item.partition("=")
         kind = type(getattr(settings, name))
         setattr(settings, name, kind(value))
     torch.set_num_threads(settings.threads)
-    Recipe(args.work, settings).run(args.only)
+    Recipe(args.work, settings, args.assets).run(args.only)
     return 0
 
 
