@@ -30,7 +30,15 @@ def _write(result: Result, output: Optional[Path]) -> Result:
 
 def load_pipeline(model: Optional[str] = None, backend: str = "torch", **backend_options) -> Pipeline:
     """Resolve ``model`` (folder, .safetensors file, hub id, or the embedded default) and load it."""
+    from .bundle import DEFAULT_MODEL, ModelLoadError, embedded_coreml
+
+    if backend == "coreml" and (model is None or str(model) == DEFAULT_MODEL):
+        model = embedded_coreml()
+        if not model.is_dir():
+            raise ModelLoadError("the embedded Core ML export is not installed; pass --model EXPORT_DIR")
     bundle = resolve_bundle(model)
+    if "coreml_contract" in bundle.extra and backend != "coreml":
+        raise ModelLoadError(f"{model} is a Core ML export folder: use --backend coreml")
     return Pipeline(bundle, make_backend(backend, bundle, **backend_options))
 
 

@@ -189,6 +189,11 @@ def embedded_root() -> Path:
     return Path(__file__).parent / "assets" / "demo"
 
 
+def embedded_coreml() -> Path:
+    """The embedded 4-step student converted to Core ML (runs with no PyTorch installed)."""
+    return embedded_root() / "coreml"
+
+
 def resolve_bundle(model: Optional[str | os.PathLike] = None) -> Bundle:
     """Resolve ``--model``: a folder, a single file, a hub id, or the embedded default."""
     name = DEFAULT_MODEL if model is None else str(model)
@@ -199,6 +204,10 @@ def resolve_bundle(model: Optional[str | os.PathLike] = None) -> Bundle:
         return load_folder(embedded_root(), source=name, layer=layer)
     path = Path(model)
     if path.is_dir():
+        if (path / "ane_diffusion_coreml.json").is_file():  # a Core ML export folder
+            from .backends.coreml_backend import load_export_bundle
+
+            return load_export_bundle(path)
         return load_folder(path)
     if path.is_file():
         if path.suffix != ".safetensors":

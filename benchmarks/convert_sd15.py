@@ -4,13 +4,14 @@ to Core ML at 512x512 and record wall time, peak memory and package sizes per co
     python benchmarks/convert_sd15.py            # full size: ~10 min, ~8-12 GiB RAM (run on a quiet machine)
     python benchmarks/convert_sd15.py --tiny     # tiny configs, seconds: checks the script itself
 
-What it converts (random weights from the public SD 1.5 configs inlined below; nothing is
-downloaded): the CLIP ViT-L text encoder (float16), the UNet with the student's guidance input
-(``time_cond_proj_dim`` 256; float16, then 6-bit k-means palettization) and the VAE decoder
-(float16), i.e. the export an iPhone app ships. Each job runs in its own process (through
-:func:`ane_diffusion_conversion.convert_bundle`, the code path of ``python -m ane_diffusion convert``),
-so its peak resident memory is its own: the parent reads the child's ``ru_maxrss`` with
-``os.wait4`` and the child samples ``VmRSS`` per stage from ``/proc/self/status``.
+What it converts (random weights from the public SD 1.5 configs, kept inline in
+``ane_diffusion.testing.sd15``; nothing is downloaded): the CLIP ViT-L text encoder (float16),
+the UNet with the student's guidance input (``time_cond_proj_dim`` 256; float16, then 6-bit
+k-means palettization) and the VAE decoder (float16), i.e. the export an iPhone app ships. Each
+job runs in its own process (through :func:`ane_diffusion_conversion.convert_bundle`, the code path
+of ``python -m ane_diffusion convert``), so its peak resident memory is its own: the parent reads
+the child's ``ru_maxrss`` with ``os.wait4`` and the child samples ``VmRSS`` per stage from
+``/proc/self/status``.
 
 Results: ``benchmarks/results/convert-sd15.json`` and ``.md`` (``convert-sd15-tiny.*`` with
 ``--tiny``). Goal: everything, compressed, in under 10 minutes wall and 12 GiB peak RSS. Reference
@@ -42,33 +43,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 GOAL_SECONDS = 600
 GOAL_RSS_GIB = 12.0
 
-# Public Stable Diffusion 1.5 configs (runwayml/stable-diffusion-v1-5), the UNet made a student.
-SD15_UNET = {
-    "_class_name": "UNet2DConditionModel", "sample_size": 64, "in_channels": 4, "out_channels": 4,
-    "layers_per_block": 2, "block_out_channels": [320, 640, 1280, 1280],
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 768, "attention_head_dim": 8, "norm_num_groups": 32, "norm_eps": 1e-5,
-    "act_fn": "silu", "center_input_sample": False, "downsample_padding": 1, "flip_sin_to_cos": True,
-    "freq_shift": 0, "mid_block_scale_factor": 1, "time_cond_proj_dim": 256,
-}
-SD15_VAE = {
-    "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
-    "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "norm_num_groups": 32,
-    "act_fn": "silu", "sample_size": 512, "scaling_factor": 0.18215,
-}
-SD15_TEXT = {
-    "architectures": ["CLIPTextModel"], "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-    "num_attention_heads": 12, "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5, "projection_dim": 768, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
-}
-SD15_SCHEDULER = {
-    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "epsilon", "clip_sample": False,
-    "set_alpha_to_one": False, "steps_offset": 1, "trained_betas": None,
-}
-
 # name -> (components, compression)
 JOBS = {
     "text_encoder": ("text_encoder", ""),
@@ -88,10 +62,12 @@ def bundle_for(tiny: bool):
         configs = tiny_configs(vocab_size=len(vocab), bos_id=vocab["<|startoftext|>"], eos_id=vocab["<|endoftext|>"])
         configs["unet"]["time_cond_proj_dim"] = 16
         dim = 16
-    else:
-        configs = {"unet": dict(SD15_UNET), "vae": dict(SD15_VAE), "text_encoder": dict(SD15_TEXT),
-                   "scheduler": dict(SD15_SCHEDULER)}
-        dim = 256
+    else:  # the public SD 1.5 configs (inline in ane_diffusion.testing.sd15), the UNet made a student
+        from ane_diffusion.testing import sd15
+
+        configs = sd15.configs()
+        dim = sd15.GUIDANCE_EMBEDDING_DIM
+        configs["unet"]["time_cond_proj_dim"] = dim
     card = ModelCard(kind="guidance-distilled", prediction_type="epsilon", steps=4, w_min=0.0, w_max=14.0,
                      default_w=6.5, guidance_embedding_dim=dim, recommended_sampler="ddim", recommended_steps=4,
                      description="SD 1.5 architecture with random weights (conversion benchmark)")
@@ -206,9 +182,11 @@ def markdown(summary: dict) -> str:
         stages = "; ".join(f"{s['stage']} {s['seconds']:.1f} s ({gib(s['peak_rss_bytes'])})" for s in job["stages"])
         lines.append(f"| {job['job']} ({job['compression']['spec']}) | {job['process_wall_seconds']:.1f} | "
                      f"{gib(job['peak_rss_bytes'])} | {mb(job['bytes'])} | {mb(job['uncompressed_bytes'])} | {stages} |")
-    lines += ["", "Random weights (public SD 1.5 configs, the UNet with a 256-wide guidance input); each job in "
-              "its own process; peak RSS = the child's ru_maxrss (os.wait4), per stage = sampled VmRSS. "
-              "`load` builds the random module (a real checkpoint loads its safetensors instead)."]
+    what = ("tiny test configs, the UNet with a 16-wide guidance input" if summary["tiny"] else
+            "public SD 1.5 configs, the UNet with a 256-wide guidance input")
+    lines += ["", f"Random weights ({what}); each job in its own process; peak RSS = the child's ru_maxrss "
+              "(os.wait4), per stage = sampled VmRSS. `load` builds the random module (a real checkpoint loads "
+              "its safetensors instead)."]
     return "\n".join(lines) + "\n"
 
 

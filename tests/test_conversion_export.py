@@ -241,10 +241,28 @@ def test_palettized_6bit_chunked_unet(tiny_student, student_export, tmp_path):
         assert MILExecutor(out / chunk).op_counts.get("constexpr_lut_to_dense", 0) > 0, chunk
     stages = [e["stage"] for e in result.events if e["component"] == "Unet"]
     assert stages == ["load", "trace", "convert", "chunk", "compress", "save"]
+    chunk1 = ct.models.MLModel(str(out / "UnetChunk1.mlpackage"), skip_model_load=True)
+    assert chunk1.user_defined_metadata["ane_diffusion.component"] == "UnetChunk1"
+    assert chunk1.user_defined_metadata["ane_diffusion.compression"] == "6"
+    assert chunk1.short_description.startswith("chunk 1 of 2")
+    assert "UnetChunk2" in chunk1.output_description[chunk1.get_spec().description.output[0].name]
     report = verify_export(tiny_student, out, ws=[0.0, 6.0])
     print(report.table())
     assert all(r.compression == "6" and r.threshold == threshold("float16", "6") for r in report.rows)
     assert report.ok, report.table()
+
+
+def test_ios18_compression(tiny_student, tmp_path):
+    """int4 blocks need iOS18: the package is built for it and the contract says so."""
+    out = tmp_path / "int4"
+    contract = convert(tiny_student, out, components="vae_decoder", compress="vae_decoder=int4",
+                       min_target="iOS18").contract
+    assert contract["minimum_deployment_target"] == "iOS18"
+    assert contract["compression"]["VAEDecoder"]["granularity"] == "per_block"
+    spec = ct.models.MLModel(str(out / "VAEDecoder.mlpackage"), skip_model_load=True).get_spec()
+    assert spec.specificationVersion == 9  # iOS18
+    report = verify_export(tiny_student, out)
+    assert report.ok and report.rows[0].threshold == threshold("float16", "int4"), report.table()
 
 
 def test_chunked_unet_matches_unchunked(tiny_student, student_export, tmp_path):
