@@ -10,11 +10,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from torch import nn
-
 import ane_diffusion_conversion.ane.attention as ane_attention
 from ane_diffusion_conversion.ane import rewrite as rw
 from ane_diffusion_conversion.ane.layer_norm import LayerNormANE
+from torch import nn
+
+from ane_diffusion.testing.factory import tiny_configs
 
 ATOL = 1e-4
 KINDS = ane_attention.ATTENTION_KINDS
@@ -24,19 +25,7 @@ def tiny_unet():
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        time_cond_proj_dim=16,
-    ).eval()
+    return UNet2DConditionModel(**tiny_configs()["unet"], time_cond_proj_dim=16).eval()
 
 
 def tiny_vae():

@@ -14,11 +14,12 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 pytest.importorskip("diffusers")
 
-from torch import nn
-
 import ane_diffusion_conversion.mil_executor as mil
 from ane_diffusion_conversion.ane import rewrite as rw
 from ane_diffusion_conversion.mil_executor import MILExecutor
+from torch import nn
+
+from ane_diffusion.testing.factory import tiny_configs
 
 
 def psnr(out: np.ndarray, ref: np.ndarray) -> float:
@@ -47,19 +48,7 @@ def unet_packages(tmp_path_factory):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        time_cond_proj_dim=16,
-    ).eval()
+    unet = UNet2DConditionModel(**tiny_configs()["unet"], time_cond_proj_dim=16).eval()
     wrapper = rw.UNetANEWrapper(rw.rewrite_unet(unet, "split_einsum")).eval()
     sample = torch.randn(1, 4, 8, 8)
     timestep = torch.tensor([500.0])
