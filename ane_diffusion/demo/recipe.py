@@ -168,6 +168,7 @@ class Recipe:
 
         models = self.trained_models()
         report = {"float16_check": check_float16(models["steps-4"])}
+        self.assets.parent.mkdir(parents=True, exist_ok=True)
         with atomic_directory(self.assets, overwrite=True) as tmp:
             report["sizes"] = write_embedded(tmp, models)
         from ..atomic import atomic_file
