@@ -233,36 +233,29 @@ def _gelu(op):
     return 0.5 * x * (1.0 + erf)
 
 
-def _layer_norm(op):
-    x = _f32(op.x.val)
-    axes = _axes(op, x.ndim)
+def _normalize(op, x: np.ndarray, axes: tuple, affine_shape) -> np.ndarray:
+    """``(x - mean) / sqrt(var + eps)`` over ``axes``, then the op's optional gamma and beta."""
     eps = float(_val(op, "epsilon", 1e-5))
     mean = x.mean(axis=axes, keepdims=True)
     var = np.square(x - mean).mean(axis=axes, keepdims=True)
     out = (x - mean) / np.sqrt(var + eps)
-    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
     gamma, beta = _val(op, "gamma"), _val(op, "beta")
     if gamma is not None:
-        out = out * _f32(gamma).reshape(shape)
+        out = out * _f32(gamma).reshape(affine_shape)
     if beta is not None:
-        out = out + _f32(beta).reshape(shape)
+        out = out + _f32(beta).reshape(affine_shape)
     return out
+
+
+def _layer_norm(op):
+    x = _f32(op.x.val)
+    axes = _axes(op, x.ndim)
+    return _normalize(op, x, axes, [x.shape[i] if i in axes else 1 for i in range(x.ndim)])
 
 
 def _instance_norm(op):
     x = _f32(op.x.val)  # (N, C, *D)
-    axes = tuple(range(2, x.ndim))
-    eps = float(_val(op, "epsilon", 1e-5))
-    mean = x.mean(axis=axes, keepdims=True)
-    var = np.square(x - mean).mean(axis=axes, keepdims=True)
-    out = (x - mean) / np.sqrt(var + eps)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    gamma, beta = _val(op, "gamma"), _val(op, "beta")
-    if gamma is not None:
-        out = out * _f32(gamma).reshape(shape)
-    if beta is not None:
-        out = out + _f32(beta).reshape(shape)
-    return out
+    return _normalize(op, x, tuple(range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2))
 
 
 def _batch_norm(op):

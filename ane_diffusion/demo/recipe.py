@@ -87,7 +87,6 @@ class Recipe:
         self.log(json.dumps({"stage": "vae", "summary": summary}))
 
     def teacher(self) -> None:
-        import torch
         from diffusers import AutoencoderKL
 
         from ..card import ModelCard
@@ -116,7 +115,6 @@ class Recipe:
         save_bundle(self.work / "teacher", TorchComponents(text_encoder, unet, vae), scheduler_config("epsilon"),
                     files, card)
         self.log(json.dumps({"stage": "teacher", "summary": summary}))
-        del torch
 
     def distill_data(self) -> Path:
         """Real training images with captions (manifest.jsonl), the trainers' --data."""
@@ -163,7 +161,7 @@ class Recipe:
     def ship(self) -> None:
         """Copy every trained model into ``ane_diffusion/assets/demo`` in float16 (shared text
         encoder, VAE and tokenizer; a layer per model), after checking float16 is lossless enough."""
-        from ..atomic import atomic_directory
+        from ..atomic import atomic_directory, atomic_file
         from .ship import check_float16, write_embedded
 
         models = self.trained_models()
@@ -171,8 +169,6 @@ class Recipe:
         self.assets.parent.mkdir(parents=True, exist_ok=True)
         with atomic_directory(self.assets, overwrite=True) as tmp:
             report["sizes"] = write_embedded(tmp, models)
-        from ..atomic import atomic_file
-
         with atomic_file(self.work / "shipped.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         self.log(json.dumps({"stage": "ship", **report}))
