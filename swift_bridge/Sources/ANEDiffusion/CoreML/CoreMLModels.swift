@@ -31,6 +31,11 @@ public final class CoreMLTextEncoder: TextEncoding {
         self.model = model
         input = try contractEntry(component.inputs, "input_ids", "components.TextEncoder.inputs")
         output = try contractEntry(component.outputs, "last_hidden_state", "components.TextEncoder.outputs")
+        // float16 holds integers exactly only up to 2048: CLIP's ids (up to 49407) would change.
+        guard input.dtype != .float16 else {
+            throw ContractError(field: "components.TextEncoder.inputs.input_ids.dtype",
+                                message: "float16 cannot hold token ids above 2048 exactly; expected int32 or float32")
+        }
     }
 
     public func loadResources() throws { try model.loadResources() }
