@@ -166,8 +166,10 @@ open class MLModel {
         return try predict(input, configuration)
     }
 
-    /// Compiles a model file into a `.mlmodelc` in a temporary folder and returns its URL. The
-    /// stand-in records the call and makes the installed model loadable from the returned URL.
+    /// Compiles a model file into a `.mlmodelc` in a temporary folder and returns its URL
+    /// (unavailable on watchOS, as in Core ML). The stand-in records the call and makes the
+    /// installed model loadable from the returned URL.
+    @available(watchOS, unavailable)
     open class func compileModel(at modelURL: URL) throws -> URL {
         guard let installed = StandInModels.installed[modelURL.standardizedFileURL.path] else {
             throw coreMLError("no model to compile at \(modelURL.path)")

@@ -31,7 +31,7 @@ extension ComputeUnits {
 ///
 /// A compiled `.mlmodelc` loads directly. An `.mlpackage` (or `.mlmodel`) is compiled on the
 /// device first with `MLModel.compileModel(at:)`, once per instance, into a temporary folder:
-/// slow for a UNet, so apps should ship the `.mlmodelc` files.
+/// slow for a UNet, so apps should ship the `.mlmodelc` files (watchOS cannot compile at all).
 public final class ManagedMLModel: ResourceManaging {
     public let url: URL
     public let configuration: MLModelConfiguration
@@ -74,9 +74,15 @@ public final class ManagedMLModel: ResourceManaging {
     private func compiledModelURL() throws -> URL {
         if url.pathExtension == "mlmodelc" { return url }
         if let compiledURL = compiledURL { return compiledURL }
+        #if os(watchOS)
+        // MLModel.compileModel(at:) is unavailable on watchOS (Apple's Core ML documentation).
+        throw ContractError(field: "", message: "\(url.lastPathComponent) is not compiled, and watchOS cannot compile "
+                                + "models on the device: ship \(url.deletingPathExtension().lastPathComponent).mlmodelc")
+        #else
         let compiled = try MLModel.compileModel(at: url)
         compiledURL = compiled
         return compiled
+        #endif
     }
 }
 #endif
