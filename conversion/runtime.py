@@ -23,6 +23,9 @@ from typing import Mapping
 
 import numpy as np
 
+from .integrity import problems, summary
+from .options import component_key
+
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 ENGINES = ("auto", "coreml", "executor")
 DTYPES = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
@@ -100,8 +103,20 @@ class ComponentRunner:
         missing = [f for f in files if not (Path(export_dir) / f).exists()]
         if missing:
             raise FileNotFoundError(f"{export_dir} lacks {', '.join(missing)} (listed by its contract)")
+        record = ((contract.get("converter") or {}).get("components") or {}).get(name) or {}
+        damage = summary(problems(export_dir, record, hashes=False))
+        if damage:
+            raise FileNotFoundError(f"{name} in {export_dir} is damaged: {damage}; convert it again "
+                                    f"(convert --components {component_key(name)} --force)")
         self.files = files
-        self.models = [open_package(Path(export_dir) / f, engine, compute_units) for f in files]
+        self.models = []
+        for fname in files:
+            try:
+                self.models.append(open_package(Path(export_dir) / fname, engine, compute_units))
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:  # coremltools / protobuf / blob reader
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise FileNotFoundError(f"{fname} in {export_dir} cannot be loaded ({reason}); convert it "
+                                        f"again (convert --components {component_key(name)} --force)") from None
 
     def predict(self, feeds: Mapping[str, np.ndarray]) -> dict:
         values = {}

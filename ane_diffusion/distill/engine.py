@@ -110,6 +110,9 @@ class Engine:
 
         self.cfg, self.stage = cfg, stage
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        if cfg.mixed_precision == "fp16" and self.accelerator.device.type != "cuda":
+            raise ValueError(f"--mixed-precision fp16 needs a CUDA GPU (this run is on "
+                             f"{self.accelerator.device.type}); use bf16 or no")
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:  # else every process would write the same files
             raise ValueError(f"{launched} processes were launched but accelerate joined "
