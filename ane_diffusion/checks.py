@@ -112,6 +112,24 @@ def require_finite(array, what: str, remedy_text: str = "") -> np.ndarray:
     return array
 
 
+COMPONENT_LABELS = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder",
+                    "vae_encoder": "VAE encoder"}
+
+
+def check_output(array, backend, component: str, what: str) -> np.ndarray:
+    """The check each pipeline stage runs on ``backend``'s output of ``component``: finite values
+    (:func:`require_finite`), and no float16 overflow inside the component when the backend can see
+    one (``backend.internal_overflow(component)``: the Core ML backend's numpy executor). ``what``
+    names the output and the step, e.g. "the UNet's output at denoising step 2 (timestep 499)"."""
+    text = remedy(component, backend)
+    require_finite(array, what, text)
+    inside = getattr(backend, "internal_overflow", lambda _component: None)(component)
+    if inside:
+        raise NonFiniteError(f"{what} cannot be trusted: float16 arithmetic overflowed inside the "
+                             f"{COMPONENT_LABELS.get(component, component)} at {inside}: {text}")
+    return array
+
+
 def remedy(component: str, backend) -> str:
     """What to try when ``component`` (``text_encoder``, ``unet``, ``vae_decoder``, ``vae_encoder``)
     of ``backend`` produced NaN / inf. ``backend.precision(component)`` names the compute precision
@@ -130,5 +148,5 @@ def remedy(component: str, backend) -> str:
     return "its weights probably hold NaN/inf: check or re-create the model"
 
 
-__all__ = ["InputValueError", "MAX_IMAGE_SIDE", "NonFiniteError", "SEED_LIMIT", "finite_number", "image_side",
+__all__ = ["check_output", "InputValueError", "MAX_IMAGE_SIDE", "NonFiniteError", "SEED_LIMIT", "finite_number", "image_side",
            "remedy", "require_finite", "seeds", "whole_number"]

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from .checks import finite_number, remedy, require_finite
+from .checks import check_output, finite_number
 from .noise import batch_noise
 from .pipeline import GenerationError, Pipeline, Result, Settings, Timings, progress_bar, to_pil
 from .samplers import default_timesteps
@@ -181,8 +181,7 @@ class Editor:
         start = time.perf_counter()
         latents = self.pipe.backend.encode_image(pixels) * self.bundle.scaling_factor
         timings.vae_encode += time.perf_counter() - start
-        return require_finite(latents, "the VAE encoder's output", remedy("vae_encoder", self.pipe.backend)
-                              ).astype(np.float32)
+        return check_output(latents, self.pipe.backend, "vae_encoder", "the VAE encoder's output").astype(np.float32)
 
     def image_to_image(self, image, prompt: str, settings: EditSettings = EditSettings(),
                        progress: bool = False) -> Result:

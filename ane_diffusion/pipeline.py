@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .checks import InputValueError, finite_number, image_side, remedy, require_finite, seeds, whole_number
+from .checks import InputValueError, check_output, finite_number, image_side, require_finite, seeds, whole_number
 from .guidance import combine, guidance_scale_from_w
 from .noise import batch_noise, stacked_normal
 from .samplers import default_timesteps, get_sampler, sample_ddim, sample_dpmpp_2m, sample_lcm, sample_stochastic
@@ -128,7 +128,7 @@ class Pipeline:
         start = time.perf_counter()
         hidden = self.backend.encode_text(self.tokenizer.encode_batch(list(prompts)))
         timings.text_encoder += time.perf_counter() - start
-        return require_finite(hidden, "the text encoder's output", remedy("text_encoder", self.backend))
+        return check_output(hidden, self.backend, "text_encoder", "the text encoder's output")
 
     def denoiser(self, cond: np.ndarray, uncond: Optional[np.ndarray], w: float, timings: Timings,
                  extra_channels: Optional[np.ndarray] = None):
@@ -152,12 +152,10 @@ class Pipeline:
                 out = self.backend.predict(unet_in, t, cond)
             else:
                 both = self.backend.predict(np.concatenate([unet_in, unet_in]), t, np.concatenate([uncond, cond]))
-                require_finite(both, f"the UNet's output at denoising step {calls[0]} (timestep {t})",
-                               remedy("unet", self.backend))
+                check_output(both, self.backend, "unet", f"the UNet's output at denoising step {calls[0]} (timestep {t})")
                 out = combine(both[batch:], both[:batch], w)
             timings.unet += time.perf_counter() - start
-            require_finite(out, f"the UNet's output at denoising step {calls[0]} (timestep {t})",
-                           remedy("unet", self.backend))
+            check_output(out, self.backend, "unet", f"the UNet's output at denoising step {calls[0]} (timestep {t})")
             timings.unet_calls += 1
             alpha, sigma = self.schedule.alpha_sigma(t)
             return to_x0(out, z, alpha, sigma, kind).astype(np.float32)
@@ -187,8 +185,8 @@ class Pipeline:
         images = []
         for i in range(latents.shape[0]):
             image = self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor)
-            images.append(require_finite(image, f"the VAE decoder's output (image {i + 1} of {latents.shape[0]})",
-                                         remedy("vae_decoder", self.backend)))
+            images.append(check_output(image, self.backend, "vae_decoder",
+                                       f"the VAE decoder's output (image {i + 1} of {latents.shape[0]})"))
         timings.vae_decode += time.perf_counter() - start
         return np.concatenate(images)
 

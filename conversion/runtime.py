@@ -109,6 +109,9 @@ class ComponentRunner:
             raise FileNotFoundError(f"{name} in {export_dir} is damaged: {damage}; convert it again "
                                     f"(convert --components {component_key(name)} --force)")
         self.files = files
+        self.overflow = None
+        """After :meth:`predict` on the executor: where float16 arithmetic overflowed inside, or None
+        (Core ML itself does not expose its intermediates)."""
         self.models = []
         for fname in files:
             try:
@@ -128,9 +131,11 @@ class ComponentRunner:
                 raise ValueError(f"{self.name}: input {name!r} has shape {list(array.shape)}, the package takes "
                                  f"{item['shape']}")
             values[name] = array
+        self.overflow = None
         for model in self.models:
             out = model.predict({k: v for k, v in values.items() if k in model.input_names})
             values.update(out)
+            self.overflow = self.overflow or getattr(model, "overflow", None)
         return {name: np.asarray(values[name], dtype=np.float32) for name in self.outputs}
 
 

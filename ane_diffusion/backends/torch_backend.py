@@ -70,7 +70,14 @@ class TorchBackend:
         self.components = components or load_components(bundle, self.device, self.dtype)
         self.vae_dtype = self.dtype if vae_precision == "auto" else getattr(self.torch, vae_precision)
         if self.vae_dtype != self.dtype:
-            self.components.vae.to(dtype=self.vae_dtype)
+            from diffusers.utils import logging as diffusers_logging
+
+            level = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # its note on casting with .to() is not for the user
+            try:
+                self.components.vae.to(dtype=self.vae_dtype)
+            finally:
+                diffusers_logging.set_verbosity(level)
         self.guidance_dim = self.components.unet.config.get("time_cond_proj_dim")
 
     def precision(self, component: str) -> str:
