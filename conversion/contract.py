@@ -100,7 +100,11 @@ def geometry_from_bundle(bundle, height: Optional[int] = None, width: Optional[i
     default = int(bundle.default_size)
     height = default if height is None else int(height)
     width = default if width is None else int(width)
+    from ane_diffusion.checks import MAX_IMAGE_SIDE
+
     for name, value in (("height", height), ("width", width)):
+        if value > MAX_IMAGE_SIDE:
+            raise ConversionError(f"{name} {value} is larger than the {MAX_IMAGE_SIDE}-pixel limit a side")
         if value <= 0 or value % factor:
             raise ConversionError(f"{name} {value} cannot be taken by this model: image sizes must be multiples "
                                   f"of {factor} (VAE factor {vae_factor} x UNet downsampling {unet_factor})")

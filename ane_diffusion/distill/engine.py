@@ -97,6 +97,17 @@ class EMA:
                 p.copy_(self.shadow[name])
 
 
+def check_mixed_precision(mode: str) -> None:
+    """fp16 mixed precision needs a GPU (accelerate's fp16 autocast and grad scaler are CUDA/MPS
+    features; on the CPU the first forward fails with a dtype mismatch): refuse it up front."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if mode == "fp16" and not (torch.cuda.is_available() or mps):
+        raise ValueError("--mixed-precision fp16 needs a CUDA or Apple GPU and this machine has neither; "
+                         "use bf16 or no")
+
+
 def micro_batch_seed(*parts: int) -> int:
     """A 64-bit seed from integers (seed, phase, update, micro-batch, process)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
@@ -109,10 +120,8 @@ class Engine:
         from accelerate import Accelerator
 
         self.cfg, self.stage = cfg, stage
+        check_mixed_precision(cfg.mixed_precision)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-        if cfg.mixed_precision == "fp16" and self.accelerator.device.type != "cuda":
-            raise ValueError(f"--mixed-precision fp16 needs a CUDA GPU (this run is on "
-                             f"{self.accelerator.device.type}); use bf16 or no")
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:  # else every process would write the same files
             raise ValueError(f"{launched} processes were launched but accelerate joined "
