@@ -380,3 +380,155 @@ def test_bad_input(case, world, tmp_path, capfd):
 def test_catalogue_covers_every_kind():
     assert {case.kind for case in CATALOGUE} == set(KINDS)
     assert len({case.id for case in CATALOGUE}) == len(CATALOGUE)
+
+
+# --------------------------------------------------------------------------------------------- #
+# What must work instead (the other side of each fix)
+# --------------------------------------------------------------------------------------------- #
+
+
+def _cli(argv, capfd):
+    from ane_diffusion.cli import main
+
+    previous = warnings.showwarning
+    try:
+        code = main([str(a) for a in argv])
+    finally:
+        warnings.showwarning = previous
+    return code, capfd.readouterr().err
+
+
+def test_float32_decoder_cures_the_fp16_overflow(world, tmp_path, capfd):
+    """The remedy the overflow message names: the same export with a float32 VAEDecoder generates a
+    real (not flat) image, and verify passes it at the float32 threshold."""
+    from ane_diffusion_conversion import read_contract, verify_export
+
+    export = tmp_path / "export"
+    shutil.copytree(world.overflow_export, export)
+    code, err = _cli(["convert", "--model", world.overflow_model, "--output", export, "--components", "vae_decoder",
+                      "--vae-decoder-precision", "float32", "--force", "--quiet"], capfd)
+    assert code == 0, err
+    decoder = read_contract(export)["components"]["VAEDecoder"]
+    assert decoder["inputs"][0]["dtype"] == "float32" and decoder["outputs"][0]["dtype"] == "float32"
+    assert read_contract(export)["components"]["Unet"]["inputs"][0]["dtype"] == "float16"  # the rest unchanged
+    code, err = _cli(["generate", "a red circle", "--backend", "coreml", "--model", export, "-o", tmp_path / "a.png",
+                      "--quiet"], capfd)
+    assert code == 0, err
+    pixels = np.asarray(Image.open(tmp_path / "a.png"), np.float32)
+    assert pixels.std() > 5.0  # the overflowing float16 decoder made a flat image
+    report = verify_export(world.overflow_model, export, components=["vae_decoder"])
+    assert report.ok and report.rows[0].threshold == 60.0, report.table()
+    # torch: --vae-precision float32 is accepted and gives the float32 CPU result
+    for flag, name in (("auto", "b.png"), ("float32", "c.png")):
+        code, err = _cli(["generate", "a red circle", "--model", world.overflow_model, "-o", tmp_path / name,
+                          "--quiet", "--vae-precision", flag], capfd)
+        assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), np.asarray(Image.open(tmp_path / "c.png")))
+
+
+def test_convert_rerun_reconverts_a_damaged_package(world, tmp_path, capfd):
+    """A re-run over an export whose weight.bin was deleted converts that component again (it used to
+    report "skipped (already converted)"); the contract records every file's size and SHA-256."""
+    from ane_diffusion_conversion import read_contract
+    from ane_diffusion_conversion.integrity import problems
+
+    export = tmp_path / "export"
+    shutil.copytree(world.overflow_export, export)
+    records = read_contract(export)["converter"]["components"]
+    weights = "TextEncoder.mlpackage/Data/com.apple.CoreML/weights/weight.bin"
+    assert set(records["TextEncoder"]["content"]) >= {weights, "TextEncoder.mlpackage/Manifest.json"}
+    assert all(len(entry["sha256"]) == 64 for record in records.values() for entry in record["content"].values())
+    (export / weights).unlink()
+    code, err = _cli(["convert", "--model", world.overflow_model, "--output", export, "--components",
+                      "text_encoder"], capfd)
+    assert code == 0, err
+    assert f"{weights} is missing: converting it again" in err and "converted: text_encoder" in err, err
+    contract = read_contract(export)
+    assert all(problems(export, record) == [] for record in contract["converter"]["components"].values())
+    code, err = _cli(["convert", "--model", world.overflow_model, "--output", export, "--components",
+                      "text_encoder"], capfd)
+    assert code == 0 and "skipped (already converted): text_encoder" in err, err
+
+
+def test_16_bit_images_are_scaled_not_clipped():
+    from ane_diffusion.editing import image_to_array, mask_to_array
+
+    grey16 = Image.fromarray(np.full((4, 4), 32896, np.uint16))  # mid-grey: 128 * 257
+    assert grey16.mode.startswith("I;16")
+    np.testing.assert_allclose(image_to_array(grey16), 128 / 127.5 - 1.0, atol=1e-6)
+    mask16 = np.zeros((4, 4), np.uint16)
+    mask16[:2] = 65535
+    np.testing.assert_array_equal(mask_to_array(Image.fromarray(mask16))[0, 0], (mask16 > 0).astype(np.float32))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P", "I;16"])
+def test_grey_masks_in_any_mode_are_converted(mode):
+    """What editors save for a black-and-white mask (RGB, RGBA, LA, palette) is accepted."""
+    from ane_diffusion.editing import mask_to_array
+
+    values = np.zeros((4, 4), np.uint8)
+    values[1:3, 1:3] = 255
+    grey = Image.fromarray(values)
+    mask = grey.convert("RGB").convert("P") if mode == "P" else (
+        Image.fromarray(values.astype(np.uint16) * 257) if mode == "I;16" else grey.convert(mode))
+    np.testing.assert_array_equal(mask_to_array(mask)[0, 0], values / 255)
+
+
+def test_strength_hint_names_a_value_that_works():
+    from ane_diffusion.editing import EditInputError, min_strength, strength_timesteps
+
+    for steps in range(1, 60):
+        grid = np.arange(steps)
+        hint = min_strength(steps)
+        assert len(strength_timesteps(grid, hint)) >= 1
+        if hint > 0.01:
+            with pytest.raises(EditInputError, match=f"at least {hint}"):
+                strength_timesteps(grid, round(hint - 0.01, 2))
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    """PNGs, bundle folders and rewritten logs get 0666/0777 minus the umask, not mkstemp's 0600/0700."""
+    from ane_diffusion.atomic import atomic_directory, atomic_file
+    from ane_diffusion.images import save_png
+
+    old = os.umask(0o027)
+    try:
+        save_png(Image.new("RGB", (2, 2)), tmp_path / "a.png", {"x": 1})
+        with atomic_directory(tmp_path / "student") as folder:
+            (folder / "f").write_text("x")
+        with atomic_file(tmp_path / "log.jsonl") as tmp:
+            tmp.write_text("{}\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "student").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "log.jsonl").stat().st_mode & 0o777 == 0o640
+
+
+def test_file_names_must_stay_inside_their_folder(tmp_path):
+    from ane_diffusion.names import inside
+
+    assert inside(tmp_path, "vocab.json", "vocab") == tmp_path / "vocab.json"
+    assert inside(tmp_path, "sub/a.png", "image", subfolders=True) == tmp_path / "sub" / "a.png"
+    for name in ("../vocab.json", "/etc/passwd", "a/b.json", "C:\\x.json", "a\\..\\..\\b", "", ".", None, 3):
+        with pytest.raises(ValueError):
+            inside(tmp_path, name, "vocab")
+    for name in ("../a.png", "/abs/a.png", "sub/../../a.png"):
+        with pytest.raises(ValueError):
+            inside(tmp_path, name, "image", subfolders=True)
+
+
+def test_request_numbers():
+    from ane_diffusion.checks import InputValueError, finite_number, seeds, whole_number
+
+    assert whole_number(4, "steps") == 4 and whole_number(4.0, "steps") == 4 and whole_number(np.int64(3), "s") == 3
+    for bad in (2.5, True, "4", float("nan"), float("inf"), None):
+        with pytest.raises(InputValueError, match="steps must be a whole number"):
+            whole_number(bad, "steps")
+    assert finite_number(np.float32(1.5), "w") == 1.5
+    for bad in (float("nan"), float("-inf"), "3", True):
+        with pytest.raises(InputValueError, match="w must be a finite number"):
+            finite_number(bad, "w")
+    assert seeds(4294967294, 2) == 4294967294
+    with pytest.raises(InputValueError, match="seed 4294967295 with 2 images .* use a seed <= 4294967294"):
+        seeds(4294967295, 2)
