@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import warnings
@@ -532,3 +533,17 @@ def test_request_numbers():
     assert seeds(4294967294, 2) == 4294967294
     with pytest.raises(InputValueError, match="seed 4294967295 with 2 images .* use a seed <= 4294967294"):
         seeds(4294967295, 2)
+
+
+def test_distill_stops_on_a_non_finite_loss(world, tmp_path, capfd):
+    """A teacher with a NaN weight: the run stops at its first update with one line, no student saved."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    code, err = _cli(["distill", "guidance", "--teacher", world.nan_unet, "--data", world.data, "-o", tmp_path / "run",
+                      "--updates", "2", "--batch-size", "1"], capfd)
+    bar = re.compile(r"^guidance: .*\| \d+/\d+ \[")  # the training bar stays (leave=True); the error follows it
+    lines = [line for line in terminal_lines(err) if not line.startswith("notice:") and not bar.match(line)]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "the distillation loss is not finite (nan) at update 1 of phase 1" in lines[0]
+    assert not (tmp_path / "run" / "student").exists()

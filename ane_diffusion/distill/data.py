@@ -360,7 +360,13 @@ def load_training_set(cfg, bundle, components, cache_dir: Path, device, write_ca
     tokenizer = bundle.tokenizer()
     embeddings = encode_texts(components.text_encoder, tokenizer, unique, device)
     uncond = encode_texts(components.text_encoder, tokenizer, [""], device)
+    from ..checks import require_finite
+
+    require_finite(embeddings.float().numpy(), "the text encoder's embeddings of the captions",
+                   "the text encoder's weights hold NaN/inf: check the model")
     latents = build(device, embeddings[index], uncond)
+    require_finite(latents.float().cpu().numpy(), f"the training latents ({material['kind']})",
+                   "the VAE's (images) or the UNet's (prompt samples) weights hold NaN/inf: check the model")
     data = TrainingSet(latents.float(), index, embeddings, uncond, key, name)
     if write_cache:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)

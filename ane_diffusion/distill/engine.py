@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -302,11 +303,18 @@ class Engine:
                 loss = loss_fn(model, self.micro_batch(data, phase_index, update, micro))
                 acc.backward(loss / cfg.grad_accum)
             total += loss.detach().float() / cfg.grad_accum
+        value = float(acc.reduce(total, reduction="mean"))
+        if not math.isfinite(value) and cfg.mixed_precision != "fp16":  # fp16: the grad scaler skips the step
+            from ..checks import NonFiniteError
+
+            raise NonFiniteError(f"the distillation loss is not finite ({value}) at update {update + 1} of phase "
+                                 f"{phase_index + 1}: the teacher's weights or the training set hold NaN/inf, or "
+                                 "the learning rate is too high (lower --lr)")
         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(acc.reduce(total, reduction="mean"))
+        return value
 
     def _restore(self, ckpt, student, optimizer, scheduler, ema) -> tuple[int, dict]:
         """Load weights, optimizer, LR schedule, EMA and grad scaler; returns (update, loss history)."""
