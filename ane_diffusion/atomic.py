@@ -15,6 +15,20 @@ class OutputError(OSError):
     """An output path cannot be written (missing parent, not writable, already taken)."""
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: Path) -> None:
+    """Give a finished temporary file or folder the mode a plain ``open`` / ``mkdir`` would have
+    (0666 / 0777 minus the umask): ``mkstemp`` / ``mkdtemp`` make them 0600 / 0700, private to the
+    owner, which outputs must not keep. Folders inside a folder output are left as created."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~current_umask())
+
+
 def _check_parent(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -33,6 +47,7 @@ def atomic_file(path: os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        publish_mode(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -51,6 +66,7 @@ def atomic_directory(path: os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
+        publish_mode(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -47,9 +47,37 @@ class ModelCard:
     def is_student(self) -> bool:
         return self.kind != "teacher"
 
+    def _check_types(self) -> None:
+        """Each field holds its type: a card with ``"default_w": "3"`` is refused, not half-used."""
+        import math
+        import numbers
+
+        def fail(name: str, wanted: str) -> None:
+            raise CardError(f"card field {name} must be {wanted}, got {getattr(self, name)!r}")
+
+        for name in ("kind", "prediction_type", "recommended_sampler", "description"):
+            if not isinstance(getattr(self, name), str):
+                fail(name, "a string")
+        for name in ("w_min", "w_max", "default_w"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                fail(name, "a finite number")
+        for name, optional in (("steps", True), ("guidance_embedding_dim", True), ("recommended_steps", False),
+                               ("format_version", False)):
+            value = getattr(self, name)
+            if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, int)):
+                fail(name, "a whole number" + (" or null" if optional else ""))
+        if self.teacher is not None and not isinstance(self.teacher, str):
+            fail("teacher", "a string or null")
+        if not isinstance(self.lineage, list):
+            fail("lineage", "a list")
+        if not isinstance(self.training, dict):
+            fail("training", "an object")
+
     def validate(self) -> "ModelCard":
         from .schedule import PREDICTION_TYPES
 
+        self._check_types()
         if self.kind not in KINDS:
             raise CardError(f"card kind {self.kind!r} is not one of {KINDS}")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -60,6 +88,8 @@ class ModelCard:
             raise CardError(f"card w range is empty: [{self.w_min}, {self.w_max}]")
         if self.steps is not None and self.steps < 1:
             raise CardError(f"card steps must be >= 1, got {self.steps}")
+        if self.recommended_steps < 1:
+            raise CardError(f"card recommended_steps must be >= 1, got {self.recommended_steps}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

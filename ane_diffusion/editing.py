@@ -17,12 +17,14 @@ Masks: white (255) marks what to generate, black (0) what to keep.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
 
+from .checks import check_output, finite_number
 from .noise import batch_noise
 from .pipeline import GenerationError, Pipeline, Result, Settings, Timings, progress_bar, to_pil
 from .samplers import default_timesteps
@@ -45,24 +47,63 @@ class EditSettings(Settings):
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-def image_to_array(image, size: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """PIL image -> (1, 3, H, W) float32 in [-1, 1]; optionally resized to ``size`` (W, H)."""
+GREY_TOLERANCE = 8
+"""A mask pixel counts as grey when its red, green and blue values differ by at most this much
+(JPEG and resampling leave small differences in masks that were painted black and white)."""
+
+
+def to_8bit(image):
+    """PIL image -> 8 bits per channel. 16-bit greyscale (``I;16*``, what 16-bit PNGs open as) is
+    scaled by 255/65535, as are 32-bit ``I`` / ``F`` images whose values exceed 255; a plain
+    ``convert`` would clip them (a mid-grey 16-bit image would become white). Others pass unchanged."""
     from PIL import Image
 
-    image = image.convert("RGB")
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+        values = values / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
+def image_to_array(image, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """PIL image -> (1, 3, H, W) float32 in [-1, 1]; optionally resized to ``size`` (W, H).
+    16-bit images are scaled to 8 bits first (:func:`to_8bit`)."""
+    from PIL import Image
+
+    image = to_8bit(image).convert("RGB")
     if size is not None and image.size != size:
         image = image.resize(size, Image.BICUBIC)
     return (np.asarray(image, np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0).astype(np.float32)
 
 
-def mask_to_array(mask, size: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """Single-channel, binary-ish PIL mask -> (1, 1, H, W) float32 in {0, 1} (1 = generate)."""
+def mask_to_grey(mask):
+    """A mask as an ``L`` image. Greyscale masks (8- or 16-bit) pass; ``LA`` keeps its grey channel;
+    RGB(A), palette and other colour modes are accepted when their red, green and blue values are
+    equal (what most editors save for a black-and-white mask), and refused when they carry colour.
+    Alpha is ignored."""
     from PIL import Image
 
-    if mask.mode not in ("L", "1", "I", "I;16"):
-        raise EditInputError(f"the mask must be single-channel (greyscale), got mode {mask.mode} "
-                             f"with {len(mask.getbands())} channels")
-    mask = mask.convert("L")
+    mask = to_8bit(mask)
+    if mask.mode in ("L", "1"):
+        return mask.convert("L")
+    if mask.mode in ("LA", "La"):
+        return mask.getchannel("L")
+    rgb = np.asarray(mask.convert("RGBA" if mask.mode == "P" else mask.mode).convert("RGB"), np.int16)
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    coloured = float(np.mean(spread > GREY_TOLERANCE))
+    if coloured > 0:
+        raise EditInputError(f"the mask has colour ({coloured:.0%} of its pixels are not grey, mode {mask.mode}): "
+                             "save it in black (keep) and white (generate)")
+    return Image.fromarray(rgb.mean(axis=2).round().astype(np.uint8), "L")
+
+
+def mask_to_array(mask, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Binary-ish PIL mask -> (1, 1, H, W) float32 in {0, 1} (1 = generate); see :func:`mask_to_grey`
+    for the modes it takes."""
+    from PIL import Image
+
+    mask = mask_to_grey(mask)
     if size is not None and mask.size != size:
         mask = mask.resize(size, Image.NEAREST)
     values = np.asarray(mask, np.float32)
@@ -90,14 +131,24 @@ def feathered(mask: np.ndarray, radius: float) -> np.ndarray:
     return (np.where(mask[0, 0] > 0, np.maximum(soft, 0.5), 0.0))[None, None].astype(np.float32)
 
 
+def min_strength(steps: int) -> float:
+    """The smallest strength with two decimals that runs at least one of ``steps`` steps (the hint
+    must name a value that works: with 3 steps 0.33 runs none, 0.34 runs one)."""
+    hundredths = math.ceil(100 / steps)
+    while int(steps * (hundredths / 100)) < 1:
+        hundredths += 1
+    return hundredths / 100
+
+
 def strength_timesteps(timesteps: np.ndarray, strength: float) -> np.ndarray:
     """The suffix of the grid an edit runs: the last ``int(n * strength)`` steps."""
+    strength = finite_number(strength, "strength")
     if not 0.0 < strength <= 1.0:
         raise EditInputError(f"strength must be in (0, 1], got {strength}")
     count = min(int(len(timesteps) * strength), len(timesteps))
     if count == 0:
         raise EditInputError(f"strength {strength} with {len(timesteps)} steps runs no step; "
-                             f"raise --strength to at least {1 / len(timesteps):.2f} or use more steps")
+                             f"raise --strength to at least {min_strength(len(timesteps))} or use more steps")
     return timesteps[len(timesteps) - count:]
 
 
@@ -130,10 +181,12 @@ class Editor:
         start = time.perf_counter()
         latents = self.pipe.backend.encode_image(pixels) * self.bundle.scaling_factor
         timings.vae_encode += time.perf_counter() - start
-        return latents.astype(np.float32)
+        return check_output(latents, self.pipe.backend, "vae_encoder", "the VAE encoder's output").astype(np.float32)
 
     def image_to_image(self, image, prompt: str, settings: EditSettings = EditSettings(),
                        progress: bool = False) -> Result:
+        if self.inpainting_unet:
+            raise EditInputError("this UNet takes a mask and a masked image (an inpainting UNet): use inpaint")
         pixels, s = self._prepare(image, settings, [prompt])
         timesteps = strength_timesteps(default_timesteps(s.sampler, s.steps), s.strength)
         return self._run(prompt, s, pixels, timesteps, mask=None, progress=progress)
@@ -174,10 +227,8 @@ class Editor:
             def denoise(z_t, t):  # noqa: F811 - the known region's estimate is the source itself
                 return (m * generate_region(z_t, t) + (1.0 - m) * x_src).astype(np.float32)
 
-        bar = progress_bar(len(timesteps), progress)
-        x = pipe.sample(denoise, z, s.sampler, timesteps, sources, bar)
-        if bar is not None:
-            bar.close()
+        with progress_bar(len(timesteps), progress) as bar:
+            x = pipe.sample(denoise, z, s.sampler, timesteps, sources, bar)
         images = pipe.decode(x, timings)                                        # (N, 3, H, W)
         if mask is not None:
             weight = feathered(mask, radius=max(mask.shape[-1] / 64.0, 0.5))

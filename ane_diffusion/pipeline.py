@@ -8,6 +8,7 @@ chosen sampler and timing each component.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .checks import InputValueError, check_output, finite_number, image_side, require_finite, seeds, whole_number
 from .guidance import combine, guidance_scale_from_w
 from .noise import batch_noise, stacked_normal
 from .samplers import default_timesteps, get_sampler, sample_ddim, sample_dpmpp_2m, sample_lcm, sample_stochastic
@@ -86,21 +88,20 @@ class Pipeline:
         card = self.card
         s = replace(settings)
         s.sampler = get_sampler(s.sampler or card.recommended_sampler)
-        s.steps = s.steps if s.steps is not None else (card.steps or card.recommended_steps)
-        s.w = card.default_w if s.w is None else float(s.w)
-        s.height = s.height or self.bundle.default_size
-        s.width = s.width or self.bundle.default_size
+        s.steps = (card.steps or card.recommended_steps) if s.steps is None else whole_number(s.steps, "steps")
+        s.w = card.default_w if s.w is None else finite_number(s.w, "w")
         if not prompts:
             raise GenerationError("no prompt given")
         if s.steps < 1:
             raise GenerationError(f"steps must be >= 1, got {s.steps}")
-        if s.num_images < 1:
-            raise GenerationError(f"--num-images must be >= 1, got {s.num_images}")
-        self._check_size(s.height, s.width)
+        s.num_images = whole_number(s.num_images, "--num-images", minimum=1)
+        s.seed = seeds(s.seed, s.num_images)
+        s.height, s.width = self._check_size(s.height, s.width)
+        if not card.w_min <= s.w <= card.w_max:
+            who = "student" if card.is_student else "model"
+            raise GenerationError(f"w={s.w:g} is outside this {who}'s range [{card.w_min:g}, {card.w_max:g}] "
+                                  f"(guidance_scale = 1 + w)")
         if card.is_student:
-            if not card.w_min <= s.w <= card.w_max:
-                raise GenerationError(f"w={s.w} is outside this student's range [{card.w_min}, {card.w_max}] "
-                                      f"(guidance_scale = 1 + w)")
             if card.steps and s.steps != card.steps:
                 warnings.warn(f"this student was distilled for {card.steps} steps; {s.steps} may look worse",
                               stacklevel=2)
@@ -112,21 +113,22 @@ class Pipeline:
             self.tokenizer.encode(prompt)  # raises PromptTooLongError
         return s
 
-    def _check_size(self, height: int, width: int) -> None:
+    def _check_size(self, height, width) -> tuple[int, int]:
+        """``(height, width)``: None takes the model's size; others must be positive multiples of the
+        VAE factor x UNet downsampling, at most :data:`~ane_diffusion.checks.MAX_IMAGE_SIDE`."""
         factor = self.bundle.vae_scale_factor * 2 ** (len(self.bundle.configs["unet"]["block_out_channels"]) - 1)
-        for name, value in (("height", height), ("width", width)):
-            if value <= 0:
-                raise GenerationError(f"{name} must be positive, got {value}")
-            if value % factor:
-                raise GenerationError(f"{name} {value} is not a multiple of {factor} (VAE factor "
-                                      f"{self.bundle.vae_scale_factor} x UNet downsampling)")
+        default = self.bundle.default_size
+        try:
+            return image_side(height, "height", factor, default), image_side(width, "width", factor, default)
+        except InputValueError as exc:
+            raise GenerationError(str(exc)) from None
 
     # -- pieces -----------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str], timings: Timings) -> np.ndarray:
         start = time.perf_counter()
         hidden = self.backend.encode_text(self.tokenizer.encode_batch(list(prompts)))
         timings.text_encoder += time.perf_counter() - start
-        return hidden
+        return check_output(hidden, self.backend, "text_encoder", "the text encoder's output")
 
     def denoiser(self, cond: np.ndarray, uncond: Optional[np.ndarray], w: float, timings: Timings,
                  extra_channels: Optional[np.ndarray] = None):
@@ -137,9 +139,11 @@ class Pipeline:
         """
         kind = self.card.prediction_type
         student = self.card.is_student
+        calls = [0]
 
         def denoise(z: np.ndarray, t: int) -> np.ndarray:
             start = time.perf_counter()
+            calls[0] += 1
             batch = z.shape[0]
             unet_in = z if extra_channels is None else np.concatenate([z, extra_channels], axis=1)
             if student:
@@ -148,8 +152,10 @@ class Pipeline:
                 out = self.backend.predict(unet_in, t, cond)
             else:
                 both = self.backend.predict(np.concatenate([unet_in, unet_in]), t, np.concatenate([uncond, cond]))
+                check_output(both, self.backend, "unet", f"the UNet's output at denoising step {calls[0]} (timestep {t})")
                 out = combine(both[batch:], both[:batch], w)
             timings.unet += time.perf_counter() - start
+            check_output(out, self.backend, "unet", f"the UNet's output at denoising step {calls[0]} (timestep {t})")
             timings.unet_calls += 1
             alpha, sigma = self.schedule.alpha_sigma(t)
             return to_x0(out, z, alpha, sigma, kind).astype(np.float32)
@@ -163,20 +169,26 @@ class Pipeline:
 
         callback = (lambda i, t, _z: progress.update(1)) if progress is not None else None
         if sampler == "ddim":
-            return sample_ddim(denoise, z, timesteps, self.schedule, callback)
-        if sampler == "stochastic":
-            return sample_stochastic(denoise, z, timesteps, self.schedule, noise, callback)
-        if sampler == "lcm":
-            return sample_lcm(denoise, z, timesteps, self.schedule, noise,
-                              boundary_condition=self.card.kind == "lcm", callback=callback)
-        return sample_dpmpp_2m(denoise, z, len(timesteps), self.schedule, callback)
+            x = sample_ddim(denoise, z, timesteps, self.schedule, callback)
+        elif sampler == "stochastic":
+            x = sample_stochastic(denoise, z, timesteps, self.schedule, noise, callback)
+        elif sampler == "lcm":
+            x = sample_lcm(denoise, z, timesteps, self.schedule, noise,
+                           boundary_condition=self.card.kind == "lcm", callback=callback)
+        else:
+            x = sample_dpmpp_2m(denoise, z, len(timesteps), self.schedule, callback)
+        return require_finite(x, f"the latents after {len(timesteps)} {sampler} steps",
+                              "the sampler's arithmetic overflowed: check the model and the request")
 
     def decode(self, latents: np.ndarray, timings: Timings) -> np.ndarray:
         start = time.perf_counter()
-        images = np.concatenate([self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor)
-                                 for i in range(latents.shape[0])])
+        images = []
+        for i in range(latents.shape[0]):
+            image = self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor)
+            images.append(check_output(image, self.backend, "vae_decoder",
+                                       f"the VAE decoder's output (image {i + 1} of {latents.shape[0]})"))
         timings.vae_decode += time.perf_counter() - start
-        return images
+        return np.concatenate(images)
 
     # -- text to image ----------------------------------------------------------------------
     def text_to_image(self, prompts: Sequence[str] | str, settings: Settings = Settings(),
@@ -190,20 +202,18 @@ class Pipeline:
         factor = self.bundle.vae_scale_factor
         latent_shape = (self.bundle.latent_channels, s.height // factor, s.width // factor)
         timesteps = default_timesteps(s.sampler, s.steps, self.schedule.num_train_timesteps)
-        bar = progress_bar(len(prompts) * len(timesteps), progress)
         images, metadata = [], []
         needs_uncond = not self.card.is_student and s.w != 0
-        uncond = self.encode_prompts([s.negative_prompt], timings) if needs_uncond else None
-        for prompt in prompts:
-            cond = self.encode_prompts([prompt], timings)
-            z, sources = batch_noise(s.seed, s.num_images, latent_shape)
-            repeat = (lambda h: np.repeat(h, s.num_images, axis=0))
-            denoise = self.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings)
-            x = self.sample(denoise, z, s.sampler, timesteps, sources, bar)
-            images += to_pil(self.decode(x, timings))
-            metadata += [self.metadata(prompt, s, s.seed + i) for i in range(s.num_images)]
-        if bar is not None:
-            bar.close()
+        with progress_bar(len(prompts) * len(timesteps), progress) as bar:
+            uncond = self.encode_prompts([s.negative_prompt], timings) if needs_uncond else None
+            for prompt in prompts:
+                cond = self.encode_prompts([prompt], timings)
+                z, sources = batch_noise(s.seed, s.num_images, latent_shape)
+                repeat = (lambda h: np.repeat(h, s.num_images, axis=0))
+                denoise = self.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings)
+                x = self.sample(denoise, z, s.sampler, timesteps, sources, bar)
+                images += to_pil(self.decode(x, timings))
+                metadata += [self.metadata(prompt, s, s.seed + i) for i in range(s.num_images)]
         timings.total = time.perf_counter() - begin
         return Result(images, metadata, timings)
 
@@ -214,12 +224,20 @@ class Pipeline:
                 "backend": self.backend.name, "generator": "ane-diffusion"}
 
 
+@contextlib.contextmanager
 def progress_bar(total: int, enabled: bool):
+    """A tqdm bar (None when not ``enabled``), closed on the way out, also when an error is raised,
+    so the error's line never lands on the bar's line."""
     if not enabled:
-        return None
+        yield None
+        return
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="denoising", unit="step", leave=False)
+    bar = tqdm(total=total, desc="denoising", unit="step", leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 __all__ = ["GenerationError", "Pipeline", "Result", "Settings", "Timings", "to_pil"]

@@ -64,14 +64,13 @@ def _load_original_single_file(bundle: Bundle) -> TorchComponents:
 def load_components(bundle: Bundle, device=None, dtype=None) -> TorchComponents:
     """The bundle's text encoder, UNet and VAE as eval-mode torch modules."""
     torch = require_torch()
-    from safetensors.torch import load_file
 
     if bundle.extra.get("original_sd"):
         components = _load_original_single_file(bundle)
     else:
         components = build_from_configs(bundle.configs)
         if bundle.single_file is not None:
-            state = load_file(str(bundle.single_file))
+            state = read_weights(bundle.single_file)
             for name, module in components.modules().items():
                 prefix = f"{name}."
                 _load_state(module, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
@@ -79,13 +78,27 @@ def load_components(bundle: Bundle, device=None, dtype=None) -> TorchComponents:
         else:
             for name, module in components.modules().items():
                 path = bundle.weights_path(name)
-                _load_state(module, load_file(str(path)), str(path))
+                _load_state(module, read_weights(path), str(path))
     for module in components.modules().values():
         module.eval().requires_grad_(False)
         module.to(device or "cpu")
         if dtype is not None and dtype != torch.float32:
             module.to(dtype=dtype)
     return components
+
+
+def read_weights(path) -> dict:
+    """A safetensors file's tensors (torch); a truncated or otherwise unreadable file is a one-line
+    :class:`ModelLoadError` naming it, not a library traceback."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} does not exist") from None
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({reason}); is it truncated?") from None
 
 
 def _load_state(module, state: dict, where: str) -> None:

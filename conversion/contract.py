@@ -100,7 +100,11 @@ def geometry_from_bundle(bundle, height: Optional[int] = None, width: Optional[i
     default = int(bundle.default_size)
     height = default if height is None else int(height)
     width = default if width is None else int(width)
+    from ane_diffusion.checks import MAX_IMAGE_SIDE
+
     for name, value in (("height", height), ("width", width)):
+        if value > MAX_IMAGE_SIDE:
+            raise ConversionError(f"{name} {value} is larger than the {MAX_IMAGE_SIDE}-pixel limit a side")
         if value <= 0 or value % factor:
             raise ConversionError(f"{name} {value} cannot be taken by this model: image sizes must be multiples "
                                   f"of {factor} (VAE factor {vae_factor} x UNet downsampling {unet_factor})")
@@ -331,7 +335,39 @@ def read_contract(folder, error=ConversionError) -> dict:
         raise error(f"{path}: unsupported contract format_version {found!r} (this version reads {FORMAT_VERSION})")
     if not isinstance(data.get("components"), dict):
         raise error(f"{path} lists no components")
+    check_file_names(data, folder, error)
     return data
+
+
+def contract_file_names(contract: dict) -> list[tuple[str, object]]:
+    """``(where, name)`` of every file name a contract holds: tokenizer files, each component's
+    package(s), each converter record's files and content entries."""
+    names = []
+    tokenizer = contract.get("tokenizer") or {}
+    if isinstance(tokenizer, dict):
+        names += [(f"tokenizer {key}", tokenizer[key]) for key in ("vocab", "merges") if key in tokenizer]
+    for name, entry in contract["components"].items():
+        if not isinstance(entry, dict):
+            names.append((f"component {name}", entry))
+            continue
+        names += [(f"{name} file", entry.get("file"))] + [(f"{name} chunk", c) for c in entry.get("chunks") or []]
+    for name, record in ((contract.get("converter") or {}).get("components") or {}).items():
+        if isinstance(record, dict):
+            names += [(f"{name} record file", f) for f in record.get("files") or []]
+    return names
+
+
+def check_file_names(contract: dict, folder, error=ConversionError) -> None:
+    """Every file name in ``contract`` must be a plain name inside ``folder`` (see :mod:`ane_diffusion.names`);
+    content entries (``converter.components.*.content``) may name files inside the packages."""
+    from ane_diffusion.names import inside
+
+    path = Path(folder) / CONTRACT_NAME
+    for where, name in contract_file_names(contract):
+        inside(folder, name, f"{path}: {where}", error)
+    for name, record in ((contract.get("converter") or {}).get("components") or {}).items():
+        for entry in (record.get("content") or {}) if isinstance(record, dict) else ():
+            inside(folder, entry, f"{path}: {name} content entry", error, subfolders=True)
 
 
 __all__ = ["CONTRACT_NAME", "FORMAT_VERSION", "Geometry", "TensorSpec", "W_CONVENTION", "build_contract",

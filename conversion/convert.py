@@ -31,7 +31,8 @@ from typing import Callable, Optional
 from .contract import (CONTRACT_NAME, SOURCE_MODULE, TOKENIZER_FILES, Geometry, build_contract,
                        geometry_from_bundle, io_specs, package_files, read_contract, records_of,
                        short_description, source_fingerprint)
-from .options import CONTRACT_NAMES, TARGETS, ConversionError, ConvertOptions
+from .integrity import package_content, problems, summary
+from .options import COMPONENTS, CONTRACT_NAMES, TARGETS, ConversionError, ConvertOptions
 from .progress import Progress, human_bytes
 
 PARTIAL_SUFFIX = ".ane-partial"
@@ -104,7 +105,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
         return
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files ship inside apps
 
 
 def _write_contract(out: Path, contract: dict) -> None:
@@ -138,7 +138,7 @@ def _plan(opts: ConvertOptions, out: Path, records: dict, wanted: dict, shared: 
     ``wanted``: {key: options of this run}; ``shared``: the options every component of a folder must
     share; ``sources``: {key: fingerprint of this bundle's module} for the components already there.
     """
-    todo, skip = [], []
+    todo, skip, notes = [], [], []
     for key in opts.components:
         name = CONTRACT_NAMES[key]
         record = records.get(key)
@@ -146,9 +146,12 @@ def _plan(opts: ConvertOptions, out: Path, records: dict, wanted: dict, shared: 
             todo.append(key)
             continue
         same = record.get("options") == wanted[key]
-        present = all((out / f).exists() for f in record.get("files", []))
-        if same and present and not opts.force:
+        damage = summary(problems(out, record)) if same and not opts.force else None
+        if same and damage is None and not opts.force:
             skip.append(key)
+        elif same and damage is not None:
+            notes.append((name, f"{damage}: converting it again"))
+            todo.append(key)
         elif not same and not opts.force:
             raise ConversionError(f"{out} already holds {name} converted differently "
                                   f"({_diff(record.get('options', {}), wanted[key])}); pass --force to replace it")
@@ -166,7 +169,15 @@ def _plan(opts: ConvertOptions, out: Path, records: dict, wanted: dict, shared: 
             raise ConversionError(f"{out} holds {CONTRACT_NAMES[key]} converted from different {SOURCE_MODULE[key]} "
                                   f"weights or config: convert it too (--components ...,{key} --force) or use "
                                   "another --output")
-    return todo, skip
+    return todo, skip, notes
+
+
+def requested_components(records: dict, components) -> list[str]:
+    """Contract names of every component the folder should hold once this run finishes: the ones it
+    holds and the ones asked for. Recorded as ``converter.requested`` so that ``verify`` can name the
+    components an interrupted run never wrote."""
+    keys = set(records) | set(components)
+    return [CONTRACT_NAMES[key] for key in COMPONENTS if key in keys]
 
 
 def _converter_info() -> dict:
@@ -290,7 +301,7 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
     spec = opts.compress.get(key)
     chunked = key == "unet" and opts.chunk_unet
     files = package_files(key, chunked)
-    inputs_spec, outputs_spec = io_specs(key, geo, opts.precision)
+    inputs_spec, outputs_spec = io_specs(key, geo, options["precision"])
 
     rewritten = modules.get(key)
     with progress.stage(name, "trace") as info:
@@ -306,13 +317,13 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
                 inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=_np_dtype(s.dtype)) for s in inputs_spec],
                 outputs=[ct.TensorType(name=s.name, dtype=_np_dtype(s.dtype)) for s in outputs_spec],
                 convert_to="mlprogram",
-                compute_precision=compute_precision(opts.precision),
+                compute_precision=compute_precision(options["precision"]),
                 minimum_deployment_target=getattr(ct.target, f"iOS{TARGETS[opts.min_target]}"),
                 skip_model_load=True,
             )
         uncompressed = package_bytes(mlmodel.package_path)
-        info["detail"] = (f"{opts.precision}" + (" (sin/cos embeddings float32)"
-                                                 if opts.precision == "float16" and key == "unet" else "")
+        info["detail"] = (f"{options['precision']}" + (" (sin/cos embeddings float32)"
+                                                       if options["precision"] == "float16" and key == "unet" else "")
                           + f", {opts.min_target}, {human_bytes(uncompressed)}")
     del traced
     gc.collect()
@@ -351,7 +362,8 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
             _compile(work / fname, progress, name)
     return {"options": options, "files": files, "bytes": total,
             "uncompressed_bytes": uncompressed if spec is not None else None,
-            "compression": spec.to_dict() if spec is not None else {"spec": "none"}}
+            "compression": spec.to_dict() if spec is not None else {"spec": "none"},
+            "content": package_content(work, files)}
 
 
 def _install(out: Path, work: Path, new_files: list, old_files: list) -> None:
@@ -395,13 +407,16 @@ def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
         raise ConversionError(f"model {bundle.source} has no tokenizer ({', '.join(missing)} missing)")
     records = records_of(existing) if existing else {}
     wanted = {key: _record_options(opts, key, geo, bundle) for key in opts.components}
-    todo, skip = _plan(opts, out, records, wanted, shared={"height": geo.height, "width": geo.width},
-                       sources={key: source_fingerprint(bundle, key) for key in records})
+    todo, skip, notes = _plan(opts, out, records, wanted, shared={"height": geo.height, "width": geo.width},
+                              sources={key: source_fingerprint(bundle, key) for key in records})
+    for name, note in notes:
+        progress.note(name, note)
     for key in skip:
         progress.note(CONTRACT_NAMES[key], "already converted with these options: skipped (--force to redo)")
     if existing is not None and existing.get("model") != bundle.card.to_dict() and not todo:
         progress.note("contract", "model card changed: contract updated")
     converter = _converter_info()
+    converter["requested"] = requested_components(records, opts.components)
 
     created = not out.exists()
     if created:
@@ -432,7 +447,8 @@ def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
         contract = {}
         if records:  # refresh: the card (w range, recommendations) may have changed
             if not converted and existing is not None:  # keep the versions that made the packages
-                converter = {k: existing.get("converter", {}).get(k, v) for k, v in converter.items()}
+                converter = {k: existing.get("converter", {}).get(k, v) if k != "requested" else v
+                             for k, v in converter.items()}
             for fname in TOKENIZER_FILES:
                 _write_text_atomic(out / fname, bundle.tokenizer_files[fname])
             contract = build_contract(bundle, geo, records, converter)

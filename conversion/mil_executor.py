@@ -389,6 +389,8 @@ class MILExecutor:
         import coremltools as ct
         from coremltools.converters.mil.frontend.milproto.load import load
 
+        self.overflow = None
+        """After :meth:`predict`: the first op whose float16 result overflowed (NaN / +inf), or None."""
         model = ct.models.MLModel(str(mlpackage_path), skip_model_load=True)
         spec = model.get_spec()
         self._program = load(
@@ -444,6 +446,12 @@ class MILExecutor:
             if tuple(value.shape) != tuple(var.shape):
                 raise ValueError(f"input {name!r}: shape {value.shape}, program expects {var.shape}")
             _set_value(var, value)
+        self.overflow = None
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is recorded (self.overflow), not warned
+            self._run_ops()
+        return {var.name: np.array(var.val) for var in self._function.outputs}
+
+    def _run_ops(self) -> None:
         for op in self._ops:
             if op.op_type == "const" or op.op_type.startswith("constexpr_"):
                 continue
@@ -457,4 +465,16 @@ class MILExecutor:
                 if val is None:
                     raise RuntimeError(f"MIL op {op.name!r} ({op.op_type}) produced no value")
                 _set_value(out, val)
-        return {var.name: np.array(var.val) for var in self._function.outputs}
+                if self.overflow is None:
+                    self._note_overflow(op, out)
+
+    def _note_overflow(self, op, out) -> None:
+        """Record the first float16 op whose result holds NaN or +inf (``self.overflow``, a phrase
+        naming the op): float16 arithmetic overflowed there. Later ops may turn it back into finite
+        but meaningless values (a variance of inf normalises everything to 0: a flat, black image),
+        so the outputs alone do not show it. -inf is left alone: attention masks use it on purpose."""
+        value = out.val
+        if not isinstance(value, np.ndarray) or value.dtype != np.float16:
+            return
+        if np.isnan(value).any() or np.isposinf(value).any():
+            self.overflow = f"op {op.name!r} ({op.op_type})"

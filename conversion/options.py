@@ -217,6 +217,8 @@ class ConvertOptions:
         force: reconvert components the folder already holds (and replace different ones).
         compile: on macOS, also compile each package to ``.mlmodelc`` with ``xcrun coremlcompiler``.
         attention_chunk_size: query chunk of ``split_einsum_v2``.
+        vae_decoder_precision: ``float16`` / ``float32`` for the VAEDecoder alone (default: ``precision``).
+            ``float32`` is the remedy for float16 decoders whose activations overflow (NaN/inf, black images).
     """
 
     model: Any = None
@@ -232,6 +234,7 @@ class ConvertOptions:
     force: bool = False
     compile: bool = True
     attention_chunk_size: int = 512
+    vae_decoder_precision: Optional[str] = None
 
     def validated(self) -> "ConvertOptions":
         """A parsed copy; raises :class:`ConversionError` naming the first problem."""
@@ -245,6 +248,15 @@ class ConvertOptions:
         precision = {"fp16": "float16", "fp32": "float32"}.get(str(self.precision).lower(), str(self.precision).lower())
         if precision not in PRECISIONS:
             raise ConversionError(f"unsupported precision {self.precision!r}; choose float16 or float32")
+        decoder_precision = None
+        if self.vae_decoder_precision is not None:
+            decoder_precision = {"fp16": "float16", "fp32": "float32"}.get(
+                str(self.vae_decoder_precision).lower(), str(self.vae_decoder_precision).lower())
+            if decoder_precision not in PRECISIONS:
+                raise ConversionError(f"unsupported VAE decoder precision {self.vae_decoder_precision!r}; "
+                                      "choose float16 or float32")
+            if "vae_decoder" not in components:
+                raise ConversionError("--vae-decoder-precision needs vae_decoder among --components")
         target = parse_target(self.min_target)
         compress = parse_compress_map(self.compress)
         missing = [key for key in compress if key not in components]
@@ -265,13 +277,15 @@ class ConvertOptions:
             raise ConversionError("attention_chunk_size must be >= 1")
         output = self.output if isinstance(self.output, Path) else Path(os.fspath(self.output))
         return replace(self, output=output, components=components, precision=precision, min_target=target,
-                       compress=compress, chunk_unet=bool(self.chunk_unet), attention_chunk_size=int(self.attention_chunk_size))
+                       compress=compress, chunk_unet=bool(self.chunk_unet), attention_chunk_size=int(self.attention_chunk_size),
+                       vae_decoder_precision=decoder_precision)
 
     def component_options(self, key: str) -> dict[str, Any]:
         """The options that shape one component's package (recorded in the contract; a re-run
         with different ones is refused without ``force``). Call on a validated copy."""
         spec = self.compress.get(key)
-        record = {"attention": self.attention, "precision": self.precision,
+        precision = self.vae_decoder_precision if key == "vae_decoder" and self.vae_decoder_precision else self.precision
+        record = {"attention": self.attention, "precision": precision,
                   "compression": spec.name if spec else "none", "minimum_deployment_target": self.min_target}
         if self.attention == "split_einsum_v2":
             record["attention_chunk_size"] = self.attention_chunk_size

@@ -23,6 +23,9 @@ from typing import Mapping
 
 import numpy as np
 
+from .integrity import problems, summary
+from .options import component_key
+
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 ENGINES = ("auto", "coreml", "executor")
 DTYPES = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
@@ -100,8 +103,23 @@ class ComponentRunner:
         missing = [f for f in files if not (Path(export_dir) / f).exists()]
         if missing:
             raise FileNotFoundError(f"{export_dir} lacks {', '.join(missing)} (listed by its contract)")
+        record = ((contract.get("converter") or {}).get("components") or {}).get(name) or {}
+        damage = summary(problems(export_dir, record, hashes=False))
+        if damage:
+            raise FileNotFoundError(f"{name} in {export_dir} is damaged: {damage}; convert it again "
+                                    f"(convert --components {component_key(name)} --force)")
         self.files = files
-        self.models = [open_package(Path(export_dir) / f, engine, compute_units) for f in files]
+        self.overflow = None
+        """After :meth:`predict` on the executor: where float16 arithmetic overflowed inside, or None
+        (Core ML itself does not expose its intermediates)."""
+        self.models = []
+        for fname in files:
+            try:
+                self.models.append(open_package(Path(export_dir) / fname, engine, compute_units))
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:  # coremltools / protobuf / blob reader
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise FileNotFoundError(f"{fname} in {export_dir} cannot be loaded ({reason}); convert it "
+                                        f"again (convert --components {component_key(name)} --force)") from None
 
     def predict(self, feeds: Mapping[str, np.ndarray]) -> dict:
         values = {}
@@ -113,9 +131,11 @@ class ComponentRunner:
                 raise ValueError(f"{self.name}: input {name!r} has shape {list(array.shape)}, the package takes "
                                  f"{item['shape']}")
             values[name] = array
+        self.overflow = None
         for model in self.models:
             out = model.predict({k: v for k, v in values.items() if k in model.input_names})
             values.update(out)
+            self.overflow = self.overflow or getattr(model, "overflow", None)
         return {name: np.asarray(values[name], dtype=np.float32) for name in self.outputs}
 
 

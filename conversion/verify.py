@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .contract import read_contract, records_of, source_fingerprint
+from .integrity import problems, summary
 from .options import CONTRACT_NAMES, ConversionError, parse_compression
 
 FLOAT16_MIN_PSNR = 35.0
@@ -34,6 +35,9 @@ MIN_PSNR = {
     "int8": 30.0, "int4": 18.0,
 }
 """Lowest acceptable PSNR of a compressed component against its float32 PyTorch source."""
+
+REQUIRED_COMPONENTS = ("TextEncoder", "Unet", "VAEDecoder")
+"""What generating needs; ``verify`` reports an export without one of them as incomplete."""
 
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 
@@ -81,9 +85,24 @@ class VerifyReport:
     compute_units: str
     rows: list = field(default_factory=list)
 
+    missing: list = field(default_factory=list)
+    """Components the export should hold (the contract's ``converter.requested``, and what generating
+    needs) but does not: an interrupted or partial conversion."""
+    damaged: dict = field(default_factory=dict)
+    """``{component: what no longer matches}`` for packages whose files differ from what was written."""
+
     @property
     def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
+        return all(row.ok for row in self.rows) and not self.missing and not self.damaged
+
+    def failures(self) -> str:
+        """One line naming every failure (empty when ok)."""
+        low = sorted({row.component for row in self.rows if not row.ok})
+        parts = [f"{', '.join(low)} below the PSNR threshold"] if low else []
+        if self.missing:
+            parts.append(f"missing {', '.join(self.missing)} (an interrupted convert? run it again to finish)")
+        parts += [f"{name} damaged: {why}" for name, why in self.damaged.items()]
+        return "; ".join(parts)
 
     def min_psnr(self, component: str) -> float:
         return min(row.psnr for row in self.rows if row.component == component)
@@ -94,11 +113,14 @@ class VerifyReport:
                  f"{r.seconds:.2f}", "ok" if r.ok else "FAIL") for r in self.rows]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
         line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+        extra = [f"{name}: missing from the export" for name in self.missing]
+        extra += [f"{name}: damaged: {why}" for name, why in self.damaged.items()]
+        return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body] + extra)
 
     def to_dict(self) -> dict:
         return {"export_dir": str(self.export_dir), "engine": self.engine, "compute_units": self.compute_units,
-                "ok": self.ok, "rows": [{**r.__dict__, "ok": r.ok} for r in self.rows]}
+                "ok": self.ok, "rows": [{**r.__dict__, "ok": r.ok} for r in self.rows],
+                "missing": list(self.missing), "damaged": dict(self.damaged)}
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -205,11 +227,15 @@ def verify_export(model, export_dir, compute_units: str = "ALL", engine: str = "
         if absent:
             raise ConversionError(f"{export_dir} holds no {', '.join(absent)}")
         names = [n for n in names if n in wanted]
+        missing = []
+    else:
+        expected = set((contract.get("converter") or {}).get("requested") or []) | set(REQUIRED_COMPONENTS)
+        missing = [CONTRACT_NAMES[k] for k in CONTRACT_NAMES if CONTRACT_NAMES[k] in expected - set(names)]
     if contract["model"].get("kind") != bundle.card.kind:
         raise ConversionError(f"{export_dir} is an export of a {contract['model'].get('kind')} model, "
                               f"{bundle.source} is a {bundle.card.kind}")
     rng = np.random.default_rng(seed)
-    report = VerifyReport(Path(export_dir), engine, compute_units)
+    report = VerifyReport(Path(export_dir), engine, compute_units, missing=missing)
     source_of = {"TextEncoder": "text_encoder", "Unet": "unet", "VAEDecoder": "vae", "VAEEncoder": "vae"}
     key_of = {v: k for k, v in CONTRACT_NAMES.items()}
     modules: dict = {}
@@ -223,7 +249,15 @@ def verify_export(model, export_dir, compute_units: str = "ALL", engine: str = "
         precision = options.get("precision", "float16")
         compression = options.get("compression", "none")
         limit = threshold(precision, compression)
-        runner = ComponentRunner(export_dir, contract, name, engine, compute_units)
+        damage = summary(problems(export_dir, record))
+        if damage:
+            report.damaged[name] = f"{damage}; convert it again (convert --components {key} --force)"
+            continue
+        try:
+            runner = ComponentRunner(export_dir, contract, name, engine, compute_units)
+        except FileNotFoundError as exc:  # a package that is gone or cannot be loaded
+            report.damaged[name] = str(exc)
+            continue
         module_name = source_of[name]
         if module_name not in modules:
             modules[module_name] = load_module(bundle, module_name)

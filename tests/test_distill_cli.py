@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from ane_diffusion.cli import main
 
@@ -48,6 +49,9 @@ def test_data_and_checkpoint_errors_exit_2_with_one_line(tmp_path, capsys):
     base = ["distill", "guidance", "--teacher", str(teacher), "--data", str(images), "--quiet"]
     code, err = run_cli([*base, "-o", str(tmp_path / "run")], capsys)
     assert code == 2 and len(err) == 1 and "manifest.jsonl:1" in err[0], err
+    assert not (tmp_path / "run").exists()  # the data is checked before the run folder is made
+    (images / "manifest.jsonl").write_text(json.dumps({"file": "a.png", "caption": "x"}) + "\n")
+    Image.new("RGB", (16, 16)).save(images / "a.png")
     code, err = run_cli([*base, "-o", str(tmp_path / "fresh"), "--resume"], capsys)
     assert code == 2 and len(err) == 1 and "no checkpoint to resume from" in err[0], err
     code, err = run_cli(["distill", "progressive", "--student", str(teacher), "--data", str(images),

@@ -122,8 +122,10 @@ def test_inpainting_unet_gets_nine_channels(tmp_path, source):
 def test_masks():
     binary = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8))
     np.testing.assert_array_equal(mask_to_array(binary)[0, 0], [[0, 1], [1, 0]])
-    with pytest.raises(EditInputError, match="single-channel"):
-        mask_to_array(Image.new("RGB", (2, 2)))
+    grey_rgb = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).convert("RGB")
+    np.testing.assert_array_equal(mask_to_array(grey_rgb)[0, 0], [[0, 1], [1, 0]])  # what editors save
+    with pytest.raises(EditInputError, match="has colour"):
+        mask_to_array(Image.new("RGB", (2, 2), (255, 0, 0)))
     with pytest.raises(EditInputError, match="not binary"):
         mask_to_array(Image.fromarray(np.full((4, 4), 128, np.uint8)))
     m = np.zeros((1, 1, 4, 4), np.float32)
@@ -154,14 +156,14 @@ def test_cli_edit_bad_input(tiny_student, source, tmp_path):
     odd = tmp_path / "odd.png"
     Image.new("RGB", (15, 16)).save(odd)
     rgb_mask = tmp_path / "rgbmask.png"
-    Image.new("RGB", (16, 16)).save(rgb_mask)
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(rgb_mask)
     small_mask = tmp_path / "smallmask.png"
     Image.new("L", (8, 8)).save(small_mask)
     cases = [
         (["edit", "x", "--image", source[0], "--strength", "1.5"], "strength must be in"),
         (["edit", "x", "--image", odd], "pass --resize"),
         (["edit", "x", "--image", tmp_path / "missing.png"], "image not found"),
-        (["inpaint", "x", "--image", source[0], "--mask", rgb_mask], "single-channel"),
+        (["inpaint", "x", "--image", source[0], "--mask", rgb_mask], "has colour"),
         (["inpaint", "x", "--image", source[0], "--mask", small_mask], "must match"),
     ]
     for args, message in cases:

@@ -117,6 +117,22 @@ class CoreMLBackend:
         if self.engine == "executor":
             print(EXECUTOR_NOTICE, file=sys.stderr)
 
+    def precision(self, component: str) -> Optional[str]:
+        """The compute precision the export's package of ``component`` (``unet``, ``vae_decoder``, ...)
+        was converted with, as its contract records it (None when not recorded)."""
+        from ane_diffusion_conversion.options import CONTRACT_NAMES
+
+        record = ((self.contract.get("converter") or {}).get("components") or {}).get(CONTRACT_NAMES.get(component))
+        return ((record or {}).get("options") or {}).get("precision")
+
+    def internal_overflow(self, component: str) -> Optional[str]:
+        """Where float16 arithmetic overflowed inside ``component``'s package during its last call
+        (the numpy executor sees every intermediate; Core ML does not expose them: None there)."""
+        from ane_diffusion_conversion.options import CONTRACT_NAMES
+
+        runner = self._runners.get(CONTRACT_NAMES.get(component))
+        return getattr(runner, "overflow", None)
+
     def runner(self, name: str):
         if name not in self._runners:
             from ane_diffusion_conversion.runtime import ComponentRunner

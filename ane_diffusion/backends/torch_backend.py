@@ -10,11 +10,39 @@ from ..guidance import torch_guidance_embedding
 from ..torch_models import load_components, require_torch
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+VAE_PRECISIONS = ("auto", "float16", "float32")
+"""``--vae-precision``: ``auto`` follows the backend's dtype (float16 on GPUs); ``float32`` is the
+remedy for float16 VAE decoders whose activations overflow (NaN/inf, black images)."""
+
+
+def check_device(preference: str):
+    """``preference`` as a torch device that exists on this machine, else a one-line ``ValueError``."""
+    torch = require_torch()
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {preference!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"unsupported device {preference!r}: use cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {preference}: CUDA is not available here (no GPU, or a CPU-only torch); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {preference}: this machine has {count} CUDA device(s), 0..{count - 1}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {preference}: MPS (Apple GPU) is not available here; use --device cpu")
+    return device
+
+
 def select_device(preference: Optional[str] = None):
-    """``preference`` if given, else MPS when present, then CUDA, then CPU."""
+    """``preference`` if given (checked: :func:`check_device`), else MPS when present, then CUDA, then CPU."""
     torch = require_torch()
     if preference:
-        return torch.device(preference)
+        return check_device(preference)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     if torch.cuda.is_available():
@@ -31,13 +59,31 @@ def default_dtype(device):
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, bundle, device: Optional[str] = None, dtype=None, components=None):
+    def __init__(self, bundle, device: Optional[str] = None, dtype=None, components=None,
+                 vae_precision: str = "auto"):
         self.torch = require_torch()
+        if vae_precision not in VAE_PRECISIONS:
+            raise ValueError(f"vae_precision must be one of {', '.join(VAE_PRECISIONS)}, got {vae_precision!r}")
         self.device = select_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.bundle = bundle
         self.components = components or load_components(bundle, self.device, self.dtype)
+        self.vae_dtype = self.dtype if vae_precision == "auto" else getattr(self.torch, vae_precision)
+        if self.vae_dtype != self.dtype:
+            from diffusers.utils import logging as diffusers_logging
+
+            level = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # its note on casting with .to() is not for the user
+            try:
+                self.components.vae.to(dtype=self.vae_dtype)
+            finally:
+                diffusers_logging.set_verbosity(level)
         self.guidance_dim = self.components.unet.config.get("time_cond_proj_dim")
+
+    def precision(self, component: str) -> str:
+        """``float16`` / ``float32`` / ``bfloat16``: the dtype ``component`` computes in."""
+        dtype = self.vae_dtype if component.startswith("vae") else self.dtype
+        return str(dtype).replace("torch.", "")
 
     def _tensor(self, array, dtype=None):
         return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype or self.dtype)
@@ -65,8 +111,8 @@ class TorchBackend:
 
     def decode(self, latents) -> np.ndarray:
         with self.torch.inference_mode():
-            return self._numpy(self.components.vae.decode(self._tensor(latents)).sample)
+            return self._numpy(self.components.vae.decode(self._tensor(latents, self.vae_dtype)).sample)
 
     def encode_image(self, images) -> np.ndarray:
         with self.torch.inference_mode():
-            return self._numpy(self.components.vae.encode(self._tensor(images)).latent_dist.mean)
+            return self._numpy(self.components.vae.encode(self._tensor(images, self.vae_dtype)).latent_dist.mean)

@@ -54,6 +54,15 @@ def expected_errors() -> tuple:
     return tuple(errors)
 
 
+def close_progress_bars() -> None:
+    """Close every tqdm bar still on screen, so an error line starts on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
@@ -71,8 +80,10 @@ def main(argv=None) -> int:
     try:
         return int(args.run(args) or 0)
     except expected_errors() as exc:
+        close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        close_progress_bars()
         print("error: interrupted", file=sys.stderr)
         return 130

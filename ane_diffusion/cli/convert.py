@@ -32,6 +32,9 @@ def register(subparsers) -> None:
                         "latents), original (GPU)")
     p.add_argument("--precision", choices=("float16", "float32"), default="float16",
                    help="compute precision (float32 for debugging)")
+    p.add_argument("--vae-decoder-precision", choices=("float16", "float32"), default=None,
+                   help="the VAEDecoder's precision alone (default: --precision); float32 cures black/NaN images "
+                        "from float16 decoder overflow")
     p.add_argument("--compress", default="",
                    help="per-component weight compression, e.g. unet=6,text_encoder=8: 8/6/4 = k-means "
                         "palettization, 4g16 = per-16-channel tables (iOS18), int8 / int4 (iOS18) = linear")
@@ -56,7 +59,8 @@ def run(args) -> int:
     options = ConvertOptions(model=args.model, output=args.output, components=args.components,
                              attention=args.attention, precision=args.precision, compress=args.compress,
                              chunk_unet=args.chunk_unet, height=args.height, width=args.width,
-                             min_target=args.min_target, force=args.force, compile=not args.no_compile)
+                             min_target=args.min_target, force=args.force, compile=not args.no_compile,
+                             vae_decoder_precision=args.vae_decoder_precision)
     progress = Progress(enabled=not args.quiet, library_bars=args.verbose)
     result = convert_bundle(options, progress=progress)
     if not args.quiet:

@@ -26,6 +26,9 @@ def add_common_options(p, default_output: str, samplers=SAMPLERS, sizes: bool = 
     p.add_argument("--negative-prompt", default="", help="teacher only")
     p.add_argument("--backend", choices=("torch", "coreml"), default="torch")
     p.add_argument("--device", default=None, help="torch device (default: mps, then cuda, then cpu)")
+    p.add_argument("--vae-precision", choices=("auto", "float16", "float32"), default="auto",
+                   help="torch: the VAE's dtype (auto: float16 on GPUs, float32 on the CPU); float32 cures "
+                        "black/NaN images from float16 decoder overflow")
     p.add_argument("--compute-units", default="ALL", choices=("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"),
                    help="Core ML compute units (macOS)")
     p.add_argument("--output", "-o", type=Path, default=Path(default_output),
@@ -44,7 +47,10 @@ def register(subparsers) -> None:
 
 def backend_options(args) -> dict:
     if args.backend == "torch":
-        return {"device": args.device}
+        return {"device": args.device, "vae_precision": args.vae_precision}
+    if args.vae_precision != "auto":
+        raise ValueError("--vae-precision sets the torch backend's VAE; a Core ML export's decoder precision is "
+                         "chosen at conversion (convert --vae-decoder-precision float32)")
     return {"compute_units": args.compute_units}
 
 

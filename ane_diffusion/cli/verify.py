@@ -49,8 +49,7 @@ def run(args) -> int:
 
         with atomic_file(args.json) as tmp:
             tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    failed = sorted({row.component for row in report.rows if not row.ok})
-    if failed:
-        print(f"FAIL: {', '.join(failed)} below the PSNR threshold", file=sys.stderr)
+    if not report.ok:
+        print(f"FAIL: {report.failures()}", file=sys.stderr)
         return 1
     return 0

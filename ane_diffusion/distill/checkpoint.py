@@ -133,7 +133,9 @@ def read_state(folder: Path) -> dict:
 def _load_tensors(folder: Path, name: str, expected_size: int) -> dict:
     from safetensors.torch import load_file
 
-    path = Path(folder) / name
+    from ..names import inside
+
+    path = inside(folder, name, f"checkpoint {folder} is corrupted: {STATE_FILE} names file", CheckpointError)
     if not path.exists():
         raise CheckpointError(f"checkpoint {folder} is incomplete: {name} is missing")
     size = path.stat().st_size

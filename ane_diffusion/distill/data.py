@@ -67,7 +67,9 @@ def _example(manifest: Path, line: int, file, caption) -> Example:
         raise DataError(f"{manifest}:{line}: 'file' must be a non-empty string")
     if not isinstance(caption, str):
         raise DataError(f"{manifest}:{line}: 'caption' must be a string")
-    path = manifest.parent / file
+    from ..names import inside
+
+    path = inside(manifest.parent, file, f"{manifest}:{line}: image", DataError, subfolders=True)
     if not path.is_file():
         raise DataError(f"{manifest}:{line}: image {file} does not exist")
     return Example(path, caption)
@@ -122,6 +124,23 @@ def read_prompts(path: Path) -> list[str]:
     if not prompts:
         raise DataError(f"{path} holds no prompts")
     return prompts
+
+
+def check_data(cfg) -> int:
+    """Validate ``--data`` (manifest rows, each image's presence and header) or ``--prompts`` before a
+    run creates its folder; returns the number of examples or prompts. Raises :class:`DataError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if cfg.data is None:
+        return len(read_prompts(Path(cfg.prompts)))
+    manifest, examples = read_manifest(Path(cfg.data))
+    for example in examples:
+        try:
+            with Image.open(example.file):
+                pass
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{manifest}: cannot read image {example.file}: {exc}") from None
+    return len(examples)
 
 
 # -- encoding -------------------------------------------------------------------------------
@@ -341,7 +360,13 @@ def load_training_set(cfg, bundle, components, cache_dir: Path, device, write_ca
     tokenizer = bundle.tokenizer()
     embeddings = encode_texts(components.text_encoder, tokenizer, unique, device)
     uncond = encode_texts(components.text_encoder, tokenizer, [""], device)
+    from ..checks import require_finite
+
+    require_finite(embeddings.float().numpy(), "the text encoder's embeddings of the captions",
+                   "the text encoder's weights hold NaN/inf: check the model")
     latents = build(device, embeddings[index], uncond)
+    require_finite(latents.float().cpu().numpy(), f"the training latents ({material['kind']})",
+                   "the VAE's (images) or the UNet's (prompt samples) weights hold NaN/inf: check the model")
     data = TrainingSet(latents.float(), index, embeddings, uncond, key, name)
     if write_cache:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -97,6 +98,17 @@ class EMA:
                 p.copy_(self.shadow[name])
 
 
+def check_mixed_precision(mode: str) -> None:
+    """fp16 mixed precision needs a GPU (accelerate's fp16 autocast and grad scaler are CUDA/MPS
+    features; on the CPU the first forward fails with a dtype mismatch): refuse it up front."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if mode == "fp16" and not (torch.cuda.is_available() or mps):
+        raise ValueError("--mixed-precision fp16 needs a CUDA or Apple GPU and this machine has neither; "
+                         "use bf16 or no")
+
+
 def micro_batch_seed(*parts: int) -> int:
     """A 64-bit seed from integers (seed, phase, update, micro-batch, process)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
@@ -109,6 +121,7 @@ class Engine:
         from accelerate import Accelerator
 
         self.cfg, self.stage = cfg, stage
+        check_mixed_precision(cfg.mixed_precision)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:  # else every process would write the same files
@@ -290,11 +303,18 @@ class Engine:
                 loss = loss_fn(model, self.micro_batch(data, phase_index, update, micro))
                 acc.backward(loss / cfg.grad_accum)
             total += loss.detach().float() / cfg.grad_accum
+        value = float(acc.reduce(total, reduction="mean"))
+        if not math.isfinite(value) and cfg.mixed_precision != "fp16":  # fp16: the grad scaler skips the step
+            from ..checks import NonFiniteError
+
+            raise NonFiniteError(f"the distillation loss is not finite ({value}) at update {update + 1} of phase "
+                                 f"{phase_index + 1}: the teacher's weights or the training set hold NaN/inf, or "
+                                 "the learning rate is too high (lower --lr)")
         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(acc.reduce(total, reduction="mean"))
+        return value
 
     def _restore(self, ckpt, student, optimizer, scheduler, ema) -> tuple[int, dict]:
         """Load weights, optimizer, LR schedule, EMA and grad scaler; returns (update, loss history)."""

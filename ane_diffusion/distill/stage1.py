@@ -22,6 +22,7 @@ from ..bundle import resolve_bundle
 from ..card import ModelCard
 from ..schedule import add_noise, expand_like
 from .config import DistillConfig
+from .data import check_data
 from .engine import Engine, MicroBatch
 from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config
 from .targets import guided_target, truncated_snr_weight, weighted_mse
@@ -106,6 +107,7 @@ def distill_guidance(cfg: DistillConfig) -> Path:
     if bundle.card.is_student:
         raise ValueError(f"--teacher {cfg.model} is already a {bundle.card.kind} student; stage 1 needs a "
                          "classifier-free-guided teacher")
+    check_data(cfg)  # before the run folder exists
     engine = Engine(cfg, LABEL)
     components = load_components(bundle, device=engine.device)
     data = engine.training_set(bundle, components)

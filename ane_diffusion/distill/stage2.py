@@ -25,6 +25,7 @@ from ..samplers.ddim import ddim_step
 from ..schedule import CLEAN, add_noise, expand_like, trailing_timesteps
 from .checkpoint import CheckpointError
 from .config import DistillConfig, halving_schedule
+from .data import check_data
 from .engine import Engine, MicroBatch
 from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config, trainable_copy
 from .targets import truncated_snr_weight, two_step_target, weighted_mse
@@ -152,6 +153,7 @@ def distill_progressive(cfg: DistillConfig) -> list[Path]:
     bundle = resolve_bundle(cfg.model)
     cfg = dataclasses.replace(cfg, start_steps=resolve_start_steps(cfg, bundle.card, cfg.model))
     phases = halving_schedule(cfg.start_steps, cfg.target_steps, bundle.schedule.num_train_timesteps)
+    check_data(cfg)  # before the run folder exists
     engine = Engine(cfg, LABEL)
     components = load_components(bundle, device=engine.device)
     data = engine.training_set(bundle, components)
