@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..distill.config import DEFAULT_W_RANGE, MIXED_PRECISION
+from ..distill.config import DEFAULT_GUIDANCE_LR_SCALE, DEFAULT_W_RANGE, MIXED_PRECISION
 from ..schedule import PREDICTION_TYPES
 
 
@@ -63,6 +63,8 @@ def register(subparsers) -> None:
     g.add_argument("--prediction-type", choices=PREDICTION_TYPES, default="v_prediction",
                    help="the student's output parameterisation (default v_prediction)")
     g.add_argument("--guidance-embedding-dim", type=int, default=256)
+    g.add_argument("--guidance-lr-scale", type=float, default=DEFAULT_GUIDANCE_LR_SCALE,
+                   help="the new guidance input learns at lr x this (default %(default)s; see docs/training.md)")
     _common(g)
     g.set_defaults(run=run)
     s = stages.add_parser("progressive", help="stage 2: halve the steps down to --target-steps",
@@ -79,7 +81,8 @@ def config_from_args(args):
     from ..distill import DistillConfig
 
     stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
-                     "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim}
+                     "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,
+                     "guidance_lr_scale": args.guidance_lr_scale}
                     if args.stage == "guidance" else
                     {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})
     return DistillConfig(

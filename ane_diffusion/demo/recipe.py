@@ -3,7 +3,9 @@
     python -m ane_diffusion.demo.recipe --work runs/demo            # every stage not yet done
     python -m ane_diffusion.demo.recipe --work runs/demo --only vae # one stage
 
-Stages: ``data`` (synthetic scenes), ``vae``, ``teacher`` (guided teacher bundle), ``guidance``
+Stages: ``data`` (synthetic scenes), ``vae``, ``text`` (the CLIP text encoder, pretrained
+contrastively on the image-caption pairs: see :mod:`ane_diffusion.demo.train_text` for why),
+``teacher`` (guided teacher bundle on top of that encoder, frozen by default), ``guidance``
 (stage-1 student), ``progressive`` (stage-2 students down to 1 step), ``ship`` (copy into the
 package's assets in float16). Each stage writes its output atomically into the work folder and is
 skipped when that output exists. Every setting and measured figure lands in the bundles' cards and
@@ -20,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("data", "vae", "teacher", "guidance", "progressive", "ship")
+STAGES = ("data", "vae", "text", "teacher", "guidance", "progressive", "ship")
+OUTPUTS = {"data": "data.npz", "vae": "vae", "text": "text_encoder", "teacher": "teacher", "guidance": "stage1",
+           "progressive": "progressive", "ship": "shipped.json"}
+"""What each stage writes into the work folder; a stage whose output exists is skipped."""
 
 
 @dataclass
@@ -29,6 +34,11 @@ class RecipeSettings:
     train_images: int = 20000
     vae_steps: int = 3000
     vae_batch: int = 32
+    text_steps: int = 2000
+    text_batch: int = 256
+    text_lr: float = 1e-3
+    text_frozen: bool = True
+    """Keep the pretrained text encoder frozen while the teacher trains (as Stable Diffusion does)."""
     teacher_steps: int = 5000
     teacher_batch: int = 64
     teacher_lr: float = 3e-4
@@ -86,6 +96,35 @@ class Recipe:
             (tmp / "training.json").write_text(json.dumps(summary, indent=2))
         self.log(json.dumps({"stage": "vae", "summary": summary}))
 
+    def text(self) -> None:
+        from ..atomic import atomic_directory
+        from ..tokenizer import CLIPTokenizer
+        from .configs import text_encoder_config, tokenizer_files
+        from .train_text import caption_separation, train_text_encoder
+
+        s = self.settings
+        images, captions = self.load_data()
+        files, vocab = tokenizer_files()
+        tokenizer = CLIPTokenizer.from_strings(files["vocab.json"], files["merges.txt"])
+        encoder, summary = train_text_encoder(images, tokenizer.encode_batch(captions), text_encoder_config(vocab),
+                                              s.text_steps, s.text_batch, s.text_lr, seed=s.seed, log=self.log)
+        summary["corner_captions"] = caption_separation(encoder, tokenizer.encode_batch(corner_captions()))
+        with atomic_directory(self.work / "text_encoder") as tmp:
+            encoder.save_pretrained(tmp, safe_serialization=True)
+            (tmp / "training.json").write_text(json.dumps(summary, indent=2))
+        self.log(json.dumps({"stage": "text", "summary": summary}))
+
+    def pretrained_text_encoder(self):
+        """The ``text`` stage's encoder, or None when the work folder has none (then the teacher
+        trains a fresh one jointly, as the first demo teacher did)."""
+        folder = self.work / "text_encoder"
+        if not folder.is_dir():
+            return None, None
+        from transformers import CLIPTextModel
+
+        return (CLIPTextModel.from_pretrained(str(folder), use_safetensors=True),
+                json.loads((folder / "training.json").read_text()))
+
     def teacher(self) -> None:
         from diffusers import AutoencoderKL
 
@@ -103,14 +142,16 @@ class Recipe:
         latents = encode_latents(vae, images)
         token_ids = tokenizer.encode_batch(captions)
         empty = tokenizer.encode_batch([""])[0]
+        pretrained, text_summary = self.pretrained_text_encoder()
         text_encoder, unet, summary = train_teacher(
             latents, token_ids, empty, text_encoder_config(vocab), s.teacher_steps, s.teacher_batch, s.teacher_lr,
-            s.caption_dropout, seed=s.seed, log=self.log)
+            s.caption_dropout, seed=s.seed, log=self.log, text_encoder=pretrained,
+            train_text=pretrained is None or not s.text_frozen)
         vae_summary = json.loads((self.work / "vae" / "training.json").read_text())
         card = ModelCard(kind="teacher", prediction_type="epsilon", w_min=0.0, w_max=s.w_max * 2,
                          default_w=s.default_w, recommended_sampler="ddim", recommended_steps=64,
                          description="ane-diffusion demo teacher: captioned shape scenes, 32x32, trained here",
-                         training={"teacher": summary, "vae": vae_summary, "recipe": asdict(s),
+                         training={"teacher": summary, "vae": vae_summary, "text_encoder": text_summary, "recipe": asdict(s),
                                    "latent_std_check": float(latents.std())})
         save_bundle(self.work / "teacher", TorchComponents(text_encoder, unet, vae), scheduler_config("epsilon"),
                     files, card)
@@ -174,8 +215,7 @@ class Recipe:
         self.log(json.dumps({"stage": "ship", **report}))
 
     def run(self, only=None) -> None:
-        outputs = {"data": "data.npz", "vae": "vae", "teacher": "teacher", "guidance": "stage1",
-                   "progressive": "progressive", "ship": "shipped.json"}
+        outputs = OUTPUTS
         for stage in STAGES:
             if only and stage not in only:
                 continue
@@ -190,6 +230,25 @@ class Recipe:
             getattr(self, stage)()
             self.log(json.dumps({"stage": stage, "seconds": time.time() - start}))
             print(f"[recipe] {stage}: {time.time() - start:.0f}s", flush=True)
+
+
+def corner_captions() -> list[str]:
+    """One caption at each corner, everything else equal: what the first teacher could not tell apart."""
+    from .shapes import POSITIONS, Scene
+
+    return [Scene("circle", "red", "large", p, "black").caption(0) for p in POSITIONS if p != "center"]
+
+
+def parse_setting(settings: RecipeSettings, name: str, value: str):
+    """``--set NAME=VALUE`` as the setting's type (booleans: true/false/1/0); ValueError otherwise."""
+    if not hasattr(settings, name):
+        raise ValueError(f"unknown setting {name!r}")
+    kind = type(getattr(settings, name))
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{name} takes true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+    return kind(value)
 
 
 def main(argv=None) -> int:
@@ -208,13 +267,12 @@ def main(argv=None) -> int:
 
     settings = RecipeSettings()
     if args.smoke:
-        settings = RecipeSettings(train_images=256, vae_steps=3, teacher_steps=3, guidance_updates=3,
+        settings = RecipeSettings(train_images=256, vae_steps=3, text_steps=3, text_batch=16, teacher_steps=3, guidance_updates=3,
                                   progressive_updates=2, progressive_start_steps=16, distill_images=16,
                                   distill_batch=4)
     for item in args.set:
         name, _, value = item.partition("=")
-        kind = type(getattr(settings, name))
-        setattr(settings, name, kind(value))
+        setattr(settings, name, parse_setting(settings, name, value))
     torch.set_num_threads(settings.threads)
     Recipe(args.work, settings, args.assets).run(args.only)
     return 0

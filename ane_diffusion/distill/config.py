@@ -17,11 +17,15 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 DEFAULT_W_RANGE = (1.0, 13.0)
 """Stage-1 default ``[w_min, w_max]``: Stable Diffusion's common guidance scales 2 to 14."""
 
+DEFAULT_GUIDANCE_LR_SCALE = 100.0
+"""Stage-1 default learning-rate multiplier of the zero-initialised guidance input (measured on the
+demo teacher: see docs/training.md, "Guidance fidelity")."""
+
 RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "checkpoint_every", "log_every")
 """Fields that may change between an interrupted run and its ``--resume``; all others must match
 (the run folder may have moved, and checkpoint/log frequency does not change the result)."""
 
-STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim"),
+STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim", "guidance_lr_scale"),
                 "progressive": ("start_steps", "target_steps")}
 """Fields only one stage reads (left out of the other stage's card)."""
 
@@ -50,6 +54,10 @@ class DistillConfig:
     w_max: float = DEFAULT_W_RANGE[1]
     prediction_type: str = "v_prediction"
     guidance_embedding_dim: int = 256
+    guidance_lr_scale: float = DEFAULT_GUIDANCE_LR_SCALE
+    """The new guidance input (``time_embedding.cond_proj``) learns at ``lr x guidance_lr_scale``.
+    It starts at zero and must grow to O(1) weights while the copied teacher weights only move a
+    little: at the shared fine-tuning lr the student barely responds to w (issue 11)."""
 
     # stage 2 only
     start_steps: Optional[int] = None
@@ -133,6 +141,8 @@ class DistillConfig:
             raise ValueError(f"--w-min must be >= 0 (w = guidance_scale - 1), got {self.w_min}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"--prediction-type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.guidance_lr_scale <= 0:
+            raise ValueError(f"--guidance-lr-scale must be positive, got {self.guidance_lr_scale}")
         if self.guidance_embedding_dim < 2:
             raise ValueError(f"--guidance-embedding-dim must be >= 2, got {self.guidance_embedding_dim}")
 

@@ -63,6 +63,20 @@ class PhaseResult:
     """updates, initial/final loss, effective batch: goes into the card's ``training``."""
 
 
+def parameter_groups(model, lr: float, lr_scales: Optional[dict] = None) -> list[dict]:
+    """AdamW parameter groups: everything at ``lr``, except parameters whose name starts with a prefix
+    of ``lr_scales`` (``{prefix: multiplier}``), which get ``lr x multiplier`` in a group of their own.
+    Empty groups are left out; the order is fixed (the optimizer state of a resumed run matches)."""
+    scales = dict(lr_scales or {})
+    groups = {prefix: [] for prefix in scales}
+    rest = []
+    for name, param in model.named_parameters():
+        prefix = next((p for p in scales if name.startswith(p)), None)
+        (groups[prefix] if prefix is not None else rest).append(param)
+    return [{"params": rest, "lr": lr}] + [{"params": params, "lr": lr * scales[prefix]}
+                                           for prefix, params in groups.items() if params]
+
+
 def lr_factor(update: int, warmup: int, total: int) -> float:
     """Linear warm-up over ``warmup`` updates, then linear decay reaching 0 after ``total``."""
     if update < warmup:
@@ -244,16 +258,21 @@ class Engine:
         return MicroBatch(x0.to(self.device), cond.to(self.device), uncond.to(self.device), generator, self.device)
 
     # -- training -----------------------------------------------------------------------------
-    def train_phase(self, phase_index: int, label: str, student, loss_fn: LossFn, data: TrainingSet) -> PhaseResult:
+    def train_phase(self, phase_index: int, label: str, student, loss_fn: LossFn, data: TrainingSet,
+                    lr_scales: Optional[dict] = None) -> PhaseResult:
         """Train ``student`` (float32, on any device) for ``cfg.updates`` updates, resuming from the
-        loaded checkpoint when it belongs to this phase. Returns the unwrapped trained student."""
+        loaded checkpoint when it belongs to this phase. Returns the unwrapped trained student.
+
+        ``lr_scales``: ``{parameter-name prefix: multiplier}``; matching parameters get their own
+        AdamW group at ``cfg.lr x multiplier`` (same warm-up and decay)."""
         import torch
 
         cfg, acc = self.cfg, self.accelerator
         student = student.to(self.device)
         if cfg.gradient_checkpointing:
             student.enable_gradient_checkpointing()
-        optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(student, cfg.lr, lr_scales), lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, cfg.warmup, cfg.updates))
         ema = EMA(student, cfg.ema_decay) if cfg.ema_decay else None
         history = {"initial": None, "recent": []}

@@ -4,7 +4,9 @@ The student is the teacher's UNet plus a zero-initialised guidance input
 (:func:`ane_diffusion.student.add_guidance_input`), so at update 0 it IS the teacher's conditional
 model for every w. Each update draws clean latents x with their captions, ``t ~ U{0..T-1}``,
 ``w ~ U[w_min, w_max]`` and noise, and regresses the student's x estimate at ``z_t`` onto the
-guided teacher's ``(1 + w) x_c - w x_u`` with the truncated-SNR weight.
+guided teacher's ``(1 + w) x_c - w x_u`` with the truncated-SNR weight. The zero-initialised
+guidance input learns at ``lr x cfg.guidance_lr_scale``: at the fine-tuning lr of the copied weights
+it stays near zero and the student learns one average guidance strength instead of the family.
 
 The student's output parameterisation (``cfg.prediction_type``) may differ from the teacher's; the
 loss is in x-space either way. With a different one, update 0 is the teacher's network but not
@@ -30,6 +32,9 @@ from .targets import guided_target, truncated_snr_weight, weighted_mse
 STUDENT_DIR = "student"
 PHASE_INDEX = 0
 LABEL = "guidance"
+GUIDANCE_INPUT = "time_embedding.cond_proj"
+"""Parameter-name prefix of the student's new guidance input (diffusers' ``time_cond_proj_dim`` hook),
+trained at ``lr x cfg.guidance_lr_scale``."""
 
 
 def guided_teacher_x0(teacher, z, t, cond, uncond, alpha, sigma, w, kind: str):
@@ -115,7 +120,8 @@ def distill_guidance(cfg: DistillConfig) -> Path:
     teacher = freeze(components.unet, engine.half_dtype)
     loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
                         cfg.guidance_embedding_dim, cfg.w_min, cfg.w_max, engine.autocast)
-    result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data)
+    result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data,
+                                lr_scales={GUIDANCE_INPUT: cfg.guidance_lr_scale})
     card = guidance_card(bundle, cfg, result.summary, data.summary())
     path = Path(cfg.output) / STUDENT_DIR
     engine.on_main(save_bundle, path, TorchComponents(components.text_encoder, result.model, components.vae),
