@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .decoders import DecoderChoiceError, resolve_decoder
 from .guidance import combine, guidance_scale_from_w
 from .noise import batch_noise, stacked_normal
 from .samplers import default_timesteps, get_sampler, sample_ddim, sample_dpmpp_2m, sample_lcm, sample_stochastic
@@ -37,6 +38,8 @@ class Settings:
     height: Optional[int] = None
     width: Optional[int] = None
     negative_prompt: str = ""
+    decoder: Optional[str] = None
+    """``tiny`` or ``full`` (see :mod:`ane_diffusion.decoders`); None: tiny when the model has one."""
 
 
 @dataclass
@@ -90,6 +93,10 @@ class Pipeline:
         s.w = card.default_w if s.w is None else float(s.w)
         s.height = s.height or self.bundle.default_size
         s.width = s.width or self.bundle.default_size
+        try:
+            s.decoder = resolve_decoder(self.bundle, s.decoder)
+        except DecoderChoiceError as exc:
+            raise GenerationError(str(exc)) from None
         if not prompts:
             raise GenerationError("no prompt given")
         if s.steps < 1:
@@ -171,9 +178,12 @@ class Pipeline:
                               boundary_condition=self.card.kind == "lcm", callback=callback)
         return sample_dpmpp_2m(denoise, z, len(timesteps), self.schedule, callback)
 
-    def decode(self, latents: np.ndarray, timings: Timings) -> np.ndarray:
+    def decode(self, latents: np.ndarray, timings: Timings, decoder: str = "full") -> np.ndarray:
+        """Diffusion latents (B, 4, h, w) -> images (B, 3, H, W) in [-1, 1] through ``decoder``
+        (``full`` or ``tiny``; both take latents / the VAE's scaling factor)."""
         start = time.perf_counter()
-        images = np.concatenate([self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor)
+        images = np.concatenate([self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor,
+                                                     **({"decoder": decoder} if decoder != "full" else {}))
                                  for i in range(latents.shape[0])])
         timings.vae_decode += time.perf_counter() - start
         return images
@@ -200,7 +210,7 @@ class Pipeline:
             repeat = (lambda h: np.repeat(h, s.num_images, axis=0))
             denoise = self.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings)
             x = self.sample(denoise, z, s.sampler, timesteps, sources, bar)
-            images += to_pil(self.decode(x, timings))
+            images += to_pil(self.decode(x, timings, s.decoder))
             metadata += [self.metadata(prompt, s, s.seed + i) for i in range(s.num_images)]
         if bar is not None:
             bar.close()
@@ -211,7 +221,7 @@ class Pipeline:
         return {"prompt": prompt, "negative_prompt": s.negative_prompt, "seed": seed, "steps": s.steps,
                 "w": s.w, "guidance_scale": guidance_scale_from_w(s.w), "sampler": s.sampler,
                 "height": s.height, "width": s.width, "model": self.bundle.source, "model_kind": self.card.kind,
-                "backend": self.backend.name, "generator": "ane-diffusion"}
+                "backend": self.backend.name, "decoder": s.decoder or "full", "generator": "ane-diffusion"}
 
 
 def progress_bar(total: int, enabled: bool):
