@@ -35,18 +35,30 @@ def has_tiny(bundle) -> bool:
     return TINY in bundle.configs
 
 
+def available_decoders(bundle) -> tuple:
+    """The decoders ``bundle`` can run: a PyTorch bundle always has its full VAE, plus ``tiny`` when
+    it carries ``vae_tiny``; a Core ML export has what its contract lists (``extra["decoders"]``)."""
+    if "decoders" in bundle.extra:
+        return tuple(bundle.extra["decoders"])
+    return ("tiny", "full") if has_tiny(bundle) else ("full",)
+
+
 def resolve_decoder(bundle, requested: Optional[str]) -> str:
     """``requested`` (``tiny``, ``full`` or None) checked against ``bundle``; None -> tiny when present.
 
-    Raises :class:`DecoderChoiceError` for an unknown name or a tiny decoder the bundle lacks.
+    Raises :class:`DecoderChoiceError` for an unknown name or a decoder the bundle lacks.
     """
+    available = available_decoders(bundle)
     if requested is None:
-        return "tiny" if has_tiny(bundle) else "full"
+        return "tiny" if "tiny" in available else "full"
     if requested not in DECODERS:
         raise DecoderChoiceError(f"unknown decoder {requested!r}; choose one of: {', '.join(DECODERS)}")
-    if requested == "tiny" and not has_tiny(bundle):
-        raise DecoderChoiceError(f"{bundle.source} has no tiny decoder (train one with `python -m ane_diffusion "
-                                 "distill decoder`); use --decoder full")
+    if requested not in available:
+        if requested == "tiny":
+            raise DecoderChoiceError(f"{bundle.source} has no tiny decoder (train one with `python -m ane_diffusion "
+                                     "distill decoder`); use --decoder full")
+        raise DecoderChoiceError(f"{bundle.source} has no full decoder (a Core ML export with only the tiny one: "
+                                 "convert with --components ...,vae_decoder_full); use --decoder tiny")
     return requested
 
 
@@ -76,7 +88,10 @@ def build_tiny(config: dict):
     """A randomly initialised ``AutoencoderTiny`` from ``config`` (keys starting ``_`` ignored)."""
     from diffusers import AutoencoderTiny
 
-    return AutoencoderTiny.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    # AutoencoderTiny records ``block_out_channels`` in its own config (a copy of the decoder's), but
+    # does not take it back as an argument
+    return AutoencoderTiny.from_config({k: v for k, v in config.items()
+                                        if not k.startswith("_") and k != "block_out_channels"})
 
 
 @lru_cache(maxsize=None)
@@ -122,5 +137,5 @@ def tiny_encoder(tiny, scaling_factor: float):
     return _wrappers()[1](tiny, scaling_factor)
 
 
-__all__ = ["DECODERS", "TINY", "DecoderChoiceError", "build_tiny", "tiny_decoder", "tiny_encoder", "has_tiny",
+__all__ = ["DECODERS", "TINY", "available_decoders", "DecoderChoiceError", "build_tiny", "tiny_decoder", "tiny_encoder", "has_tiny",
            "resolve_decoder", "tiny_config"]
