@@ -23,7 +23,7 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim"),
                 "progressive": ("start_steps", "target_steps"),
-                "decoder": ("decoder_students", "feature_weight", "encoder_weight")}
+                "decoder": ("decoder_students", "feature_weight", "encoder_weight", "samples_per_student")}
 """Fields only one stage reads (left out of the other stage's card)."""
 
 
@@ -64,6 +64,8 @@ class DistillConfig:
     """Weight of the VAE-encoder feature term (see :mod:`ane_diffusion.distill.decoder`)."""
     encoder_weight: float = 1.0
     """Weight of the tiny encoder's latent MSE."""
+    samples_per_student: Optional[int] = None
+    """Student samples per ``decoder_students`` model (default: one per training example)."""
 
     # optimisation (per phase in stage 2)
     updates: int = 1000
@@ -132,6 +134,8 @@ class DistillConfig:
             if self.start_steps is not None:
                 halving_schedule(self.start_steps, self.target_steps)
         elif stage == "decoder":
+            if self.samples_per_student is not None and self.samples_per_student < 1:
+                raise ValueError(f"--samples-per-student must be >= 1, got {self.samples_per_student}")
             for name in ("feature_weight", "encoder_weight"):
                 if getattr(self, name) < 0:
                     raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")

@@ -169,16 +169,16 @@ def student_latents(students: list, data, seed: int, device, count: Optional[int
     return torch.cat(rows) if rows else None
 
 
-def with_student_latents(data, latents):
-    """The training set with ``latents`` (one per example, student by student) appended."""
+def with_student_latents(data, latents, students: int):
+    """The training set with ``latents`` appended: ``students`` equal blocks, each made on the
+    captions of the first examples (as :func:`student_latents` makes them)."""
     import torch
 
     from .data import TrainingSet
 
     if latents is None:
         return data
-    repeats = latents.shape[0] // len(data)
-    index = data.caption_index[: latents.shape[0]] if repeats == 0 else data.caption_index.repeat(repeats)
+    index = data.caption_index[: latents.shape[0] // students].repeat(students)
     return TrainingSet(torch.cat([data.latents, latents]), torch.cat([data.caption_index, index]),
                        data.embeddings, data.uncond, data.key + "+students", data.source + " + student samples")
 
@@ -260,8 +260,9 @@ def distill_decoder(cfg: DistillConfig) -> Path:
     engine = Engine(cfg, LABEL)
     components = load_components(bundle, device=engine.device)
     data = engine.training_set(bundle, components)
-    samples = student_latents(students, data, cfg.seed, engine.device) if students else None
-    train = with_student_latents(data, samples)
+    samples = (student_latents(students, data, cfg.seed, engine.device, cfg.samples_per_student)
+               if students else None)
+    train = with_student_latents(data, samples, len(students))
     vae = components.vae.eval().requires_grad_(False)
     config = tiny_config(bundle.configs["vae"])
     torch.manual_seed(cfg.seed)
