@@ -239,7 +239,8 @@ def save_tiny(folder: Path, tiny, card: dict) -> None:
     from ..bundle import WEIGHT_FILES
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(dict(tiny.config), indent=2, default=str))
+    config = {"_class_name": "AutoencoderTiny", **dict(tiny.config)}
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tiny.state_dict().items()},
               str(folder / WEIGHT_FILES[TINY]))
     (folder / DECODER_CARD).write_text(json.dumps(card, indent=2, default=str))
