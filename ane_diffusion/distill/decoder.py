@@ -58,6 +58,7 @@ DECODER_CARD = "decoder_card.json"
 HELDOUT = 32
 """Student latents per student model drawn with a different seed, never trained on: the fidelity set."""
 FIDELITY_BATCH = 16
+TARGET_CACHE_MB = 1024
 
 
 def psnr_db(a, b) -> float:
@@ -111,19 +112,36 @@ class DecoderLoss:
     scaling_factor: float
     feature_weight: float = 1.0
     encoder_weight: float = 1.0
+    cache_mb: float = TARGET_CACHE_MB
+    """Targets of each latent are computed once and kept (they never change: the VAE is frozen) up
+    to this many MB; the rest are recomputed every time."""
 
     def __post_init__(self):
         self.features = VAEFeatures(self.vae)
+        self._cache: dict = {}
+        self._cached_bytes = 0
 
     def targets(self, x0):
         """``(z, x, mean)``: VAE-space latents, the full decoder's images, its encoder's means."""
         import torch
 
-        with torch.no_grad():
-            z = x0 / self.scaling_factor
-            x = self.vae.decode(z).sample.clamp(-1, 1)
-            mean = self.vae.encode(x).latent_dist.mean
-        return z, x, mean
+        z = x0 / self.scaling_factor
+        keys = [row.detach().cpu().numpy().tobytes() for row in x0]
+        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        if missing:
+            with torch.no_grad():
+                x = self.vae.decode(z[missing]).sample.clamp(-1, 1)
+                mean = self.vae.encode(x).latent_dist.mean
+            for j, i in enumerate(missing):
+                size = (x[j].numel() + mean[j].numel()) * 4
+                if self._cached_bytes + size <= self.cache_mb * 2**20:
+                    self._cache[keys[i]] = (x[j], mean[j])
+                    self._cached_bytes += size
+            fresh = {i: (x[j], mean[j]) for j, i in enumerate(missing)}
+        else:
+            fresh = {}
+        pairs = [fresh[i] if i in fresh else self._cache[key] for i, key in enumerate(keys)]
+        return z, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     def terms(self, trainee, x0) -> dict:
         import torch
