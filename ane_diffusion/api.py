@@ -47,8 +47,11 @@ def generate(prompts: Sequence[str] | str, model: Optional[str] = None, backend:
              steps: Optional[int] = None, w: Optional[float] = None, sampler: Optional[str] = None,
              seed: int = 0, num_images: int = 1, height: Optional[int] = None, width: Optional[int] = None,
              negative_prompt: str = "", output: Optional[Path] = None, progress: bool = False,
-             pipeline: Optional[Pipeline] = None, **backend_options) -> Result:
+             pipeline: Optional[Pipeline] = None, decoder: Optional[str] = None, **backend_options) -> Result:
     """Text to image. ``w`` is the paper's guidance weight (``guidance_scale = 1 + w``).
+
+    ``decoder``: ``tiny`` (the model's distilled tiny decoder), ``full`` (its VAE), or None (tiny
+    when the model has one); a model without a tiny decoder asked for one raises ``GenerationError``.
 
     With ``output``, PNGs are written (see :func:`ane_diffusion.images.output_paths`) and their
     paths are added to each image's metadata under ``"path"``.
@@ -57,7 +60,7 @@ def generate(prompts: Sequence[str] | str, model: Optional[str] = None, backend:
     num_images = whole_number(num_images, "--num-images", minimum=1)
     pipeline = pipeline or load_pipeline(model, backend, **backend_options)
     settings = Settings(steps=steps, w=w, sampler=sampler, seed=seed, num_images=num_images,
-                        height=height, width=width, negative_prompt=negative_prompt)
+                        height=height, width=width, negative_prompt=negative_prompt, decoder=decoder)
     if output is not None:
         check_writable(output_paths(Path(output), len(prompts) * num_images))
     return _write(pipeline.text_to_image(prompts, settings, progress=progress), output)
@@ -84,8 +87,10 @@ def _open_image(image, what: str):
 def edit(image, prompt: str, strength: float = 0.6, model: Optional[str] = None, backend: str = "torch",
          steps: Optional[int] = None, w: Optional[float] = None, sampler: Optional[str] = None, seed: int = 0,
          num_images: int = 1, resize: bool = False, negative_prompt: str = "", output: Optional[Path] = None,
-         progress: bool = False, pipeline: Optional[Pipeline] = None, **backend_options) -> Result:
-    """Image to image (SDEdit): ``image`` is a path or PIL image; see :mod:`ane_diffusion.editing`."""
+         progress: bool = False, pipeline: Optional[Pipeline] = None, decoder: Optional[str] = None,
+         **backend_options) -> Result:
+    """Image to image (SDEdit): ``image`` is a path or PIL image; see :mod:`ane_diffusion.editing`.
+    ``decoder`` picks the VAE decoder and encoder as in :func:`generate`."""
     from .editing import EditSettings, Editor
 
     image = _open_image(image, "image")
@@ -94,15 +99,17 @@ def edit(image, prompt: str, strength: float = 0.6, model: Optional[str] = None,
         check_writable(output_paths(Path(output), num_images))
     pipeline = pipeline or load_pipeline(model, backend, **backend_options)
     settings = EditSettings(steps=steps, w=w, sampler=sampler, seed=seed, num_images=num_images,
-                            negative_prompt=negative_prompt, strength=strength, resize=resize)
+                            negative_prompt=negative_prompt, strength=strength, resize=resize, decoder=decoder)
     return _write(Editor(pipeline).image_to_image(image, prompt, settings, progress=progress), output)
 
 
 def inpaint(image, mask, prompt: str, model: Optional[str] = None, backend: str = "torch",
             steps: Optional[int] = None, w: Optional[float] = None, sampler: Optional[str] = None, seed: int = 0,
             num_images: int = 1, resize: bool = False, negative_prompt: str = "", output: Optional[Path] = None,
-            progress: bool = False, pipeline: Optional[Pipeline] = None, **backend_options) -> Result:
-    """Inpainting: regenerate the white region of ``mask``; the black region is kept."""
+            progress: bool = False, pipeline: Optional[Pipeline] = None, decoder: Optional[str] = None,
+            **backend_options) -> Result:
+    """Inpainting: regenerate the white region of ``mask``; the black region is kept. ``decoder``
+    picks the VAE decoder and encoder as in :func:`generate`."""
     from .editing import EditSettings, Editor
 
     image, mask = _open_image(image, "image"), _open_image(mask, "mask")
@@ -111,5 +118,5 @@ def inpaint(image, mask, prompt: str, model: Optional[str] = None, backend: str 
         check_writable(output_paths(Path(output), num_images))
     pipeline = pipeline or load_pipeline(model, backend, **backend_options)
     settings = EditSettings(steps=steps, w=w, sampler=sampler, seed=seed, num_images=num_images,
-                            negative_prompt=negative_prompt, resize=resize)
+                            negative_prompt=negative_prompt, resize=resize, decoder=decoder)
     return _write(Editor(pipeline).inpaint(image, mask, prompt, settings, progress=progress), output)

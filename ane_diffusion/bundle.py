@@ -31,7 +31,10 @@ from .schedule import DiscreteSchedule
 COMPONENTS = ("unet", "text_encoder", "vae")
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors",
                 "text_encoder": "model.safetensors",
-                "vae": "diffusion_pytorch_model.safetensors"}
+                "vae": "diffusion_pytorch_model.safetensors",
+                "vae_tiny": "diffusion_pytorch_model.safetensors"}
+OPTIONAL_COMPONENTS = ("vae_tiny",)
+"""Components a bundle may carry: ``vae_tiny``, a distilled tiny autoencoder (see :mod:`ane_diffusion.decoders`)."""
 SINGLE_FILE_KEY = "ane_diffusion_bundle"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DEFAULT_MODEL = "default"
@@ -129,6 +132,12 @@ def load_folder(folder: Path, source: Optional[str] = None, layer: Optional[Path
             pickled = list(dirs[name].glob("*.bin")) + list(dirs[name].glob("*.ckpt"))
             why = " (only pickled .bin weights found; they are never loaded)" if pickled else ""
             raise ModelLoadError(f"model folder is missing {name}/{WEIGHT_FILES[name]}{why}")
+    for name in OPTIONAL_COMPONENTS:
+        if (where(name) / name / "config.json").is_file():
+            dirs[name] = where(name) / name
+            configs[name] = _read_json(dirs[name] / "config.json")
+            if not (dirs[name] / WEIGHT_FILES[name]).exists():
+                raise ModelLoadError(f"model folder is missing {name}/{WEIGHT_FILES[name]}")
     tokenizer_files = {}
     for name in ("vocab.json", "merges.txt"):
         path = where("tokenizer") / "tokenizer" / name

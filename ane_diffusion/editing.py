@@ -177,9 +177,10 @@ class Editor:
             raise
         return image_to_array(image, (resolved.width, resolved.height)), resolved
 
-    def encode(self, pixels: np.ndarray, timings: Timings) -> np.ndarray:
+    def encode(self, pixels: np.ndarray, timings: Timings, encoder: str = "full") -> np.ndarray:
         start = time.perf_counter()
-        latents = self.pipe.backend.encode_image(pixels) * self.bundle.scaling_factor
+        options = {"encoder": encoder} if encoder != "full" else {}
+        latents = self.pipe.backend.encode_image(pixels, **options) * self.bundle.scaling_factor
         timings.vae_encode += time.perf_counter() - start
         return check_output(latents, self.pipe.backend, "vae_encoder", "the VAE encoder's output").astype(np.float32)
 
@@ -204,7 +205,7 @@ class Editor:
     def _run(self, prompt: str, s: EditSettings, pixels: np.ndarray, timesteps, mask, progress: bool) -> Result:
         pipe, timings = self.pipe, Timings()
         begin = time.perf_counter()
-        source = self.encode(pixels, timings)                                   # (1, 4, h, w)
+        source = self.encode(pixels, timings, s.decoder)                                 # (1, 4, h, w)
         needs_uncond = not pipe.card.is_student and s.w != 0
         uncond = pipe.encode_prompts([s.negative_prompt], timings) if needs_uncond else None
         cond = pipe.encode_prompts([prompt], timings)
@@ -216,7 +217,7 @@ class Editor:
         if mask is not None:
             m = np.repeat(latent_mask(mask, self.factor), s.num_images, axis=0)  # (N, 1, h, w)
             if self.inpainting_unet:
-                masked = self.encode(pixels * (1.0 - mask), timings)
+                masked = self.encode(pixels * (1.0 - mask), timings, s.decoder)
                 extra = np.concatenate([m, np.repeat(masked, s.num_images, axis=0)], axis=1)
         repeat = (lambda h: np.repeat(h, s.num_images, axis=0))
         denoise = pipe.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings,
@@ -229,7 +230,7 @@ class Editor:
 
         with progress_bar(len(timesteps), progress) as bar:
             x = pipe.sample(denoise, z, s.sampler, timesteps, sources, bar)
-        images = pipe.decode(x, timings)                                        # (N, 3, H, W)
+        images = pipe.decode(x, timings, s.decoder)                                 # (N, 3, H, W)
         if mask is not None:
             weight = feathered(mask, radius=max(mask.shape[-1] / 64.0, 0.5))
             images = weight * images + (1.0 - weight) * pixels

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .checks import InputValueError, check_output, finite_number, image_side, require_finite, seeds, whole_number
+from .decoders import DecoderChoiceError, resolve_decoder
 from .guidance import combine, guidance_scale_from_w
 from .noise import batch_noise, stacked_normal
 from .samplers import default_timesteps, get_sampler, sample_ddim, sample_dpmpp_2m, sample_lcm, sample_stochastic
@@ -39,6 +40,8 @@ class Settings:
     height: Optional[int] = None
     width: Optional[int] = None
     negative_prompt: str = ""
+    decoder: Optional[str] = None
+    """``tiny`` or ``full`` (see :mod:`ane_diffusion.decoders`); None: tiny when the model has one."""
 
 
 @dataclass
@@ -90,6 +93,10 @@ class Pipeline:
         s.sampler = get_sampler(s.sampler or card.recommended_sampler)
         s.steps = (card.steps or card.recommended_steps) if s.steps is None else whole_number(s.steps, "steps")
         s.w = card.default_w if s.w is None else finite_number(s.w, "w")
+        try:
+            s.decoder = resolve_decoder(self.bundle, s.decoder)
+        except DecoderChoiceError as exc:
+            raise GenerationError(str(exc)) from None
         if not prompts:
             raise GenerationError("no prompt given")
         if s.steps < 1:
@@ -180,13 +187,16 @@ class Pipeline:
         return require_finite(x, f"the latents after {len(timesteps)} {sampler} steps",
                               "the sampler's arithmetic overflowed: check the model and the request")
 
-    def decode(self, latents: np.ndarray, timings: Timings) -> np.ndarray:
+    def decode(self, latents: np.ndarray, timings: Timings, decoder: str = "full") -> np.ndarray:
+        """Diffusion latents (B, 4, h, w) -> images (B, 3, H, W) in [-1, 1] through ``decoder``
+        (``full`` or ``tiny``; both take latents / the VAE's scaling factor)."""
         start = time.perf_counter()
         images = []
         for i in range(latents.shape[0]):
-            image = self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor)
+            image = self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor,
+                                        **({"decoder": decoder} if decoder != "full" else {}))
             images.append(check_output(image, self.backend, "vae_decoder",
-                                       f"the VAE decoder's output (image {i + 1} of {latents.shape[0]})"))
+                                       f"the {decoder} VAE decoder's output (image {i + 1} of {latents.shape[0]})"))
         timings.vae_decode += time.perf_counter() - start
         return np.concatenate(images)
 
@@ -212,7 +222,7 @@ class Pipeline:
                 repeat = (lambda h: np.repeat(h, s.num_images, axis=0))
                 denoise = self.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings)
                 x = self.sample(denoise, z, s.sampler, timesteps, sources, bar)
-                images += to_pil(self.decode(x, timings))
+                images += to_pil(self.decode(x, timings, s.decoder))
                 metadata += [self.metadata(prompt, s, s.seed + i) for i in range(s.num_images)]
         timings.total = time.perf_counter() - begin
         return Result(images, metadata, timings)
@@ -221,7 +231,7 @@ class Pipeline:
         return {"prompt": prompt, "negative_prompt": s.negative_prompt, "seed": seed, "steps": s.steps,
                 "w": s.w, "guidance_scale": guidance_scale_from_w(s.w), "sampler": s.sampler,
                 "height": s.height, "width": s.width, "model": self.bundle.source, "model_kind": self.card.kind,
-                "backend": self.backend.name, "generator": "ane-diffusion"}
+                "backend": self.backend.name, "decoder": s.decoder or "full", "generator": "ane-diffusion"}
 
 
 @contextlib.contextmanager

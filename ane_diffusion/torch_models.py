@@ -29,9 +29,12 @@ class TorchComponents:
     text_encoder: "object"
     unet: "object"
     vae: "object"
+    vae_tiny: "object" = None
+    """Optional distilled ``AutoencoderTiny`` (see :mod:`ane_diffusion.decoders`)."""
 
     def modules(self):
-        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+        extra = {"vae_tiny": self.vae_tiny} if self.vae_tiny is not None else {}
+        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae, **extra}
 
 
 def build_from_configs(configs: dict) -> TorchComponents:
@@ -46,7 +49,14 @@ def build_from_configs(configs: dict) -> TorchComponents:
         text_encoder=CLIPTextModel(CLIPTextConfig(**text_config)),
         unet=UNet2DConditionModel.from_config(configs["unet"]),
         vae=AutoencoderKL.from_config(configs["vae"]),
+        vae_tiny=_build_tiny(configs),
     )
+
+
+def _build_tiny(configs: dict):
+    from .decoders import TINY, build_tiny
+
+    return build_tiny(configs[TINY]) if TINY in configs else None
 
 
 def _load_original_single_file(bundle: Bundle) -> TorchComponents:

@@ -69,6 +69,11 @@ def build_module(configs: dict, name: str):
     config = configs.get(name)
     if not isinstance(config, dict):
         raise ModelLoadError(f"no {name} config")
+    if name == "vae_tiny":
+        from ane_diffusion.decoders import build_tiny
+
+        with quiet_libraries():
+            return build_tiny(config)
     with quiet_libraries():
         if name == "text_encoder":
             from transformers import CLIPTextConfig, CLIPTextModel
@@ -146,9 +151,12 @@ def _student_unet_class():
 
 
 def rewrite(name: str, module, attention: str, chunk_size: int):
-    """The ANE rewrite of a source module: in place for the UNet / VAE, a new module for CLIP."""
+    """The ANE rewrite of a source module: in place for the UNet / VAE, a new module for CLIP; the
+    tiny autoencoder (convolutions, ReLU and nearest upsampling only) needs none."""
     from .ane import rewrite as rw
 
+    if name == "vae_tiny":
+        return module.eval()
     if name == "text_encoder":
         return rw.rewrite_clip_text_model(module, attention, chunk_size).eval()
     if name == "unet":
@@ -166,9 +174,37 @@ def traceable(key: str, rewritten, geo: Geometry):
         if geo.student:
             return _student_unet_class()(rewritten, geo.guidance_dim).eval()
         return rw.UNetANEWrapper(rewritten).eval()
-    if key == "vae_decoder":
+    if type(rewritten).__name__ == "AutoencoderTiny":
+        from ane_diffusion.decoders import tiny_decoder
+
+        if key == "vae_decoder":
+            return tiny_decoder(rewritten, geo.scaling_factor).eval()
+        return _tiny_moments_class()(rewritten, geo.scaling_factor).eval()
+    if key in ("vae_decoder", "vae_decoder_full"):
         return rw.VAEDecoderANEWrapper(rewritten).eval()
     return rw.VAEEncoderANEWrapper(rewritten).eval()
+
+
+def _tiny_moments_class():
+    import torch
+
+    from ane_diffusion.decoders import tiny_encoder
+
+    from .contract import TINY_LOG_VARIANCE
+
+    class TinyEncoderMoments(torch.nn.Module):
+        """forward(x (1, 3, H, W) in [-1, 1]) -> latent (1, 2C, h, w): the tiny encoder's z (the full
+        encoder's convention) and a constant log-variance, Apple's VAEEncoder layout."""
+
+        def __init__(self, tiny, scaling_factor: float) -> None:
+            super().__init__()
+            self.encode = tiny_encoder(tiny, scaling_factor)
+
+        def forward(self, x):
+            z = self.encode(x)
+            return torch.cat([z, torch.full_like(z, TINY_LOG_VARIANCE)], dim=1)
+
+    return TinyEncoderMoments
 
 
 def example_inputs(key: str, geo: Geometry, bundle, seed: int = 0) -> tuple:
@@ -190,7 +226,7 @@ def example_inputs(key: str, geo: Geometry, bundle, seed: int = 0) -> tuple:
         inputs = (torch.randn(b, c, h, w, generator=gen), torch.full((b,), 500.0),
                   torch.randn(b, geo.text_hidden, 1, geo.max_length, generator=gen))
         return inputs + ((torch.full((b,), 3.0),) if geo.student else ())
-    if key == "vae_decoder":
+    if key in ("vae_decoder", "vae_decoder_full"):
         return (torch.randn(1, c, h, w, generator=gen),)
     return (torch.rand(1, 3, geo.height, geo.width, generator=gen) * 2 - 1,)
 

@@ -27,14 +27,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .options import COMPONENTS, CONTRACT_NAMES, TARGETS, ConversionError
+from .options import ALL_COMPONENTS, CONTRACT_NAMES, TARGETS, ConversionError
 
 CONTRACT_NAME = "ane_diffusion_coreml.json"
 FORMAT_VERSION = 1
 W_CONVENTION = "paper: guidance_scale = 1 + w"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 MAX_LENGTH = 77
-SOURCE_MODULE = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
+SOURCE_MODULE = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae",
+                 "vae_decoder_full": "vae"}
+TINY_MODULE = "vae_tiny"
+TINY_LOG_VARIANCE = -30.0
+"""The tiny encoder is deterministic; its package still returns Apple's (mean, log-variance) layout,
+with the log-variance at -30 (the floor diffusers and Apple's Swift clamp to), so that sampling the
+posterior returns the mean (std 3e-7)."""
+
+
+def source_module(key: str, options: Optional[dict] = None) -> str:
+    """The bundle module component ``key`` is made from, given its recorded ``options``:
+    ``vae_tiny`` for a tiny ``VAEDecoder`` / ``VAEEncoder``, else :data:`SOURCE_MODULE`."""
+    if key in ("vae_decoder", "vae_encoder") and (options or {}).get("decoder") == "tiny":
+        return TINY_MODULE
+    return SOURCE_MODULE[key]
 UNET_CHUNKS = ("UnetChunk1.mlpackage", "UnetChunk2.mlpackage")
 FP16_EXACT_INTEGERS = 2048
 """Every integer up to 2048 is exact in float16: timesteps of schedules up to that length can be float16."""
@@ -154,8 +168,9 @@ class TensorSpec:
         return out
 
 
-def io_specs(key: str, geo: Geometry, precision: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs of component ``key`` for an export of geometry ``geo``."""
+def io_specs(key: str, geo: Geometry, precision: str, variant: str = "full") -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of component ``key`` for an export of geometry ``geo`` (``variant``: the
+    VAE halves' ``tiny`` or ``full`` source; same tensors, the tiny encoder's log-variance is fixed)."""
     f = "float16" if precision == "float16" else "float32"
     c, h, w = geo.latent_channels, geo.latent_height, geo.latent_width
     length, hidden = geo.max_length, geo.text_hidden
@@ -186,20 +201,23 @@ def io_specs(key: str, geo: Geometry, precision: str) -> tuple[list[TensorSpec],
         if not geo.student:
             desc += ". A teacher is guided by the caller: rows of unconditional and conditional text states"
         return inputs, [TensorSpec("noise_pred", (b, c, h, w), f, desc)]
-    if key == "vae_decoder":
+    if key in ("vae_decoder", "vae_decoder_full"):
         return ([TensorSpec("z", (1, c, h, w), f, f"latents already divided by scaling_factor "
                             f"({geo.scaling_factor:g})")],
                 [TensorSpec("image", (1, 3, geo.height, geo.width), f, "RGB image in [-1, 1]")])
     if key == "vae_encoder":
+        fixed = f" (tiny encoder: deterministic, log-variance fixed at {TINY_LOG_VARIANCE:g})" if variant == "tiny" else ""
         return ([TensorSpec("x", (1, 3, geo.height, geo.width), f, "RGB image in [-1, 1]")],
                 [TensorSpec("latent", (1, 2 * c, h, w), f,
                             f"posterior mean (channels 0-{c - 1}) and log-variance (channels {c}-{2 * c - 1}) "
-                            "stacked, unscaled: multiply the mean by scaling_factor for UNet latents")])
+                            f"stacked, unscaled: multiply the mean by scaling_factor for UNet latents{fixed}")])
     raise KeyError(key)
 
 
 def short_description(key: str, geo: Geometry, card, options: dict) -> str:
-    what = {"text_encoder": "CLIP text encoder", "vae_decoder": "VAE decoder", "vae_encoder": "VAE encoder",
+    tiny = "tiny " if options.get("decoder") == "tiny" else ""
+    what = {"text_encoder": "CLIP text encoder", "vae_decoder": f"{tiny}VAE decoder",
+            "vae_encoder": f"{tiny}VAE encoder", "vae_decoder_full": "full VAE decoder (beside a tiny one)",
             "unet": ("guidance-distilled student UNet (takes w; one call per step)" if geo.student
                      else "teacher UNet (batch 2: classifier-free guidance by the caller)")}[key]
     comp = options.get("compression", "none")
@@ -224,10 +242,11 @@ def _file_signature(path: Path, digest) -> None:
             digest.update(handle.read())
 
 
-def source_fingerprint(bundle, key: str) -> str:
+def source_fingerprint(bundle, key: str, module: Optional[str] = None) -> str:
     """A short hash of what a component's package is made from: its module's config and weights
-    (and for the UNet, whether it takes w). Same bundle content -> same fingerprint, wherever it lies."""
-    module = SOURCE_MODULE[key]
+    (and for the UNet, whether it takes w). Same bundle content -> same fingerprint, wherever it lies.
+    ``module``: the source module when it is not :data:`SOURCE_MODULE`'s (see :func:`source_module`)."""
+    module = module or SOURCE_MODULE[key]
     digest = hashlib.sha256()
     payload = {"config": bundle.configs.get(module)}
     if key == "unet":
@@ -253,7 +272,9 @@ def source_configs(bundle) -> dict[str, dict]:
     """The few config fields an export's reader needs (kept under ``converter.source_configs``)."""
     unet, vae, text = bundle.configs["unet"], bundle.configs["vae"], bundle.configs["text_encoder"]
     pick = (lambda config, keys: {k: config[k] for k in keys if k in config})
-    return {"unet": pick(unet, ("in_channels", "out_channels", "sample_size", "block_out_channels",
+    tiny = bundle.configs.get(TINY_MODULE)
+    extra = {TINY_MODULE: {k: v for k, v in tiny.items() if not k.startswith("_")}} if isinstance(tiny, dict) else {}
+    return extra | {"unet": pick(unet, ("in_channels", "out_channels", "sample_size", "block_out_channels",
                                 "cross_attention_dim", "time_cond_proj_dim", "attention_head_dim")),
             "vae": pick(vae, ("block_out_channels", "latent_channels", "scaling_factor", "sample_size")),
             "text_encoder": pick(text, ("hidden_size", "num_hidden_layers", "max_position_embeddings",
@@ -273,13 +294,19 @@ def build_contract(bundle, geo: Geometry, records: dict[str, dict], converter: d
     """
     card = bundle.card
     components, compression = {}, {}
-    for key in COMPONENTS:
+    variants = {}
+    for key in ALL_COMPONENTS:
         if key not in records:
             continue
         record = records[key]
         options = record["options"]
-        inputs, outputs = io_specs(key, geo, options["precision"])
+        variant = "tiny" if options.get("decoder") == "tiny" else "full"
+        inputs, outputs = io_specs(key, geo, options["precision"], variant)
         entry: dict[str, Any] = {"file": package_name(key)}
+        if key.startswith("vae_"):
+            variants[CONTRACT_NAMES[key]] = variant
+            if variant == "tiny" or key == "vae_decoder_full":
+                entry["variant"] = variant
         if key == "unet":
             if options.get("chunked"):
                 entry["chunks"] = list(UNET_CHUNKS)
@@ -293,6 +320,11 @@ def build_contract(bundle, geo: Geometry, records: dict[str, dict], converter: d
             info["uncompressed_bytes"] = record["uncompressed_bytes"]
         compression[CONTRACT_NAMES[key]] = info
     attentions = {records[key]["options"]["attention"] for key in records}
+    tiny_parts = {}
+    if "tiny" in variants.values():  # optional fields: exports without a tiny decoder do not have them
+        tiny_parts["decoders"] = {variants[n]: n for n in ("VAEDecoderFull", "VAEDecoder") if n in variants}
+        if "VAEEncoder" in variants:
+            tiny_parts["encoders"] = {variants["VAEEncoder"]: "VAEEncoder"}
     return {
         "format_version": FORMAT_VERSION,
         "model": card.to_dict(),
@@ -303,6 +335,7 @@ def build_contract(bundle, geo: Geometry, records: dict[str, dict], converter: d
         "schedule": dict(bundle.configs["scheduler"]),
         "tokenizer": {"vocab": TOKENIZER_FILES[0], "merges": TOKENIZER_FILES[1], "max_length": geo.max_length},
         "components": components,
+        **tiny_parts,
         "recommended": {"sampler": card.recommended_sampler, "steps": card.steps or card.recommended_steps,
                         "w": card.default_w},
         "compression": compression,
@@ -310,7 +343,7 @@ def build_contract(bundle, geo: Geometry, records: dict[str, dict], converter: d
         "minimum_deployment_target": newest_target(records[key]["options"]["minimum_deployment_target"]
                                                    for key in records),
         "converter": {**converter, "source_model": str(bundle.source), "source_configs": source_configs(bundle),
-                      "components": {CONTRACT_NAMES[key]: records[key] for key in COMPONENTS if key in records}},
+                      "components": {CONTRACT_NAMES[key]: records[key] for key in ALL_COMPONENTS if key in records}},
     }
 
 
@@ -372,4 +405,4 @@ def check_file_names(contract: dict, folder, error=ConversionError) -> None:
 
 __all__ = ["CONTRACT_NAME", "FORMAT_VERSION", "Geometry", "TensorSpec", "W_CONVENTION", "build_contract",
            "geometry_from_bundle", "io_specs", "package_files", "package_name", "read_contract", "records_of",
-           "source_fingerprint"]
+           "source_fingerprint", "source_module"]

@@ -24,13 +24,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from .contract import (CONTRACT_NAME, SOURCE_MODULE, TOKENIZER_FILES, Geometry, build_contract,
                        geometry_from_bundle, io_specs, package_files, read_contract, records_of,
-                       short_description, source_fingerprint)
+                       short_description, source_fingerprint, source_module)
 from .integrity import package_content, problems, summary
 from .options import COMPONENTS, CONTRACT_NAMES, TARGETS, ConversionError, ConvertOptions
 from .progress import Progress, human_bytes
@@ -126,7 +126,8 @@ def _diff(old: dict, new: dict) -> str:
 
 def _record_options(opts: ConvertOptions, key: str, geo: Geometry, bundle) -> dict:
     options = opts.component_options(key)
-    options.update(height=geo.height, width=geo.width, source=source_fingerprint(bundle, key))
+    options.update(height=geo.height, width=geo.width,
+                   source=source_fingerprint(bundle, key, source_module(key, options)))
     if key == "unet":
         options["batch"] = geo.unet_batch
     return options
@@ -259,15 +260,17 @@ def _compile(path: Path, progress: Progress, name: str) -> None:
 class _Modules:
     """Source modules loaded once, rewritten once, dropped after the last component that needs them."""
 
-    def __init__(self, bundle, opts: ConvertOptions, todo: list, loader: Callable, progress: Progress):
+    def __init__(self, bundle, opts: ConvertOptions, todo: list, loader: Callable, progress: Progress,
+                 wanted: Optional[dict] = None):
         self.bundle, self.opts, self.loader, self.progress = bundle, opts, loader, progress
-        self.remaining = {name: [k for k in todo if SOURCE_MODULE[k] == name] for name in set(SOURCE_MODULE.values())}
+        self.module_of = {k: source_module(k, (wanted or {}).get(k)) for k in todo}
+        self.remaining = {name: [k for k in todo if self.module_of[k] == name] for name in set(self.module_of.values())}
         self.cache: dict = {}
 
     def get(self, key: str):
         from .components import rewrite
 
-        name = SOURCE_MODULE[key]
+        name = self.module_of[key]
         if name not in self.cache:
             with self.progress.stage(CONTRACT_NAMES[key], "load") as info:
                 module = self.loader(self.bundle, name)
@@ -279,7 +282,7 @@ class _Modules:
     def done(self, key: str) -> None:
         import gc
 
-        name = SOURCE_MODULE[key]
+        name = self.module_of[key]
         if key in self.remaining[name]:
             self.remaining[name].remove(key)
         if not self.remaining[name]:
@@ -301,7 +304,7 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
     spec = opts.compress.get(key)
     chunked = key == "unet" and opts.chunk_unet
     files = package_files(key, chunked)
-    inputs_spec, outputs_spec = io_specs(key, geo, options["precision"])
+    inputs_spec, outputs_spec = io_specs(key, geo, options["precision"], "tiny" if options.get("decoder") == "tiny" else "full")
 
     rewritten = modules.get(key)
     with progress.stage(name, "trace") as info:
@@ -388,6 +391,20 @@ def _install(out: Path, work: Path, new_files: list, old_files: list) -> None:
 # --------------------------------------------------------------------------------------------- #
 
 
+def _resolve_decoder(opts: ConvertOptions, bundle) -> str:
+    """``tiny`` or ``full`` for the VAE halves: ``opts.decoder``, else tiny when the bundle has one."""
+    from ane_diffusion.decoders import has_tiny
+
+    decoder = opts.decoder or ("tiny" if has_tiny(bundle) else "full")
+    if decoder == "tiny" and not has_tiny(bundle):
+        raise ConversionError(f"model {bundle.source} has no tiny decoder (train one with `python -m "
+                              "ane_diffusion distill decoder`); use --decoder full")
+    if "vae_decoder_full" in opts.components and decoder != "tiny":
+        raise ConversionError("vae_decoder_full (VAEDecoderFull) is the full decoder kept beside a tiny VAEDecoder; "
+                              "with --decoder full, VAEDecoder already is the full decoder")
+    return decoder
+
+
 def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
                    module_loader: Optional[Callable] = None) -> ConvertResult:
     """Convert what ``options`` asks for; see the module docstring. ``module_loader(bundle, name)``
@@ -406,9 +423,11 @@ def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
     if missing:
         raise ConversionError(f"model {bundle.source} has no tokenizer ({', '.join(missing)} missing)")
     records = records_of(existing) if existing else {}
+    opts = replace(opts, decoder=_resolve_decoder(opts, bundle))
     wanted = {key: _record_options(opts, key, geo, bundle) for key in opts.components}
     todo, skip, notes = _plan(opts, out, records, wanted, shared={"height": geo.height, "width": geo.width},
-                              sources={key: source_fingerprint(bundle, key) for key in records})
+                              sources={key: source_fingerprint(bundle, key, source_module(key, records[key].get("options")))
+                                       for key in records})
     for name, note in notes:
         progress.note(name, note)
     for key in skip:
@@ -426,7 +445,7 @@ def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
     loader = module_loader
     if loader is None:
         from .components import load_module as loader
-    modules = _Modules(bundle, opts, todo, loader, progress)
+    modules = _Modules(bundle, opts, todo, loader, progress, wanted)
     converted = []
     try:
         for key in todo:

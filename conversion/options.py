@@ -25,9 +25,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 """Conversion order: the text encoder first (smallest), the UNet, then the VAE halves."""
+OPTIONAL_COMPONENTS = ("vae_decoder_full",)
+"""Converted only when named: ``vae_decoder_full`` keeps the full VAE decoder beside a tiny
+``VAEDecoder`` (see :mod:`ane_diffusion.decoders`)."""
+ALL_COMPONENTS = COMPONENTS + OPTIONAL_COMPONENTS
+DECODER_CHOICES = ("tiny", "full")
 
 CONTRACT_NAMES = {"text_encoder": "TextEncoder", "unet": "Unet", "vae_decoder": "VAEDecoder",
-                  "vae_encoder": "VAEEncoder"}
+                  "vae_encoder": "VAEEncoder", "vae_decoder_full": "VAEDecoderFull"}
 ATTENTION_KINDS = ("split_einsum", "split_einsum_v2", "original")  # == ane.attention.ATTENTION_KINDS
 PRECISIONS = ("float16", "float32")
 
@@ -49,7 +54,7 @@ def component_key(name: str) -> str:
     for key, contract in CONTRACT_NAMES.items():
         if wanted in (key, contract.lower(), key.replace("_", "")):
             return key
-    raise ConversionError(f"unknown component {name!r}; choose from {', '.join(COMPONENTS)}")
+    raise ConversionError(f"unknown component {name!r}; choose from {', '.join(ALL_COMPONENTS)}")
 
 
 def parse_components(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -60,7 +65,7 @@ def parse_components(value: str | Sequence[str] | None) -> tuple[str, ...]:
     keys = {component_key(item) for item in items if str(item).strip()}
     if not keys:
         raise ConversionError("--components names no component")
-    return tuple(key for key in COMPONENTS if key in keys)
+    return tuple(key for key in ALL_COMPONENTS if key in keys)
 
 
 def parse_target(value: str | None) -> str:
@@ -219,6 +224,8 @@ class ConvertOptions:
         attention_chunk_size: query chunk of ``split_einsum_v2``.
         vae_decoder_precision: ``float16`` / ``float32`` for the VAEDecoder alone (default: ``precision``).
             ``float32`` is the remedy for float16 decoders whose activations overflow (NaN/inf, black images).
+        decoder: ``tiny`` (the bundle's distilled tiny autoencoder becomes ``VAEDecoder`` and
+            ``VAEEncoder``), ``full`` (its VAE), or None: tiny when the bundle has one.
     """
 
     model: Any = None
@@ -235,6 +242,7 @@ class ConvertOptions:
     compile: bool = True
     attention_chunk_size: int = 512
     vae_decoder_precision: Optional[str] = None
+    decoder: Optional[str] = None
 
     def validated(self) -> "ConvertOptions":
         """A parsed copy; raises :class:`ConversionError` naming the first problem."""
@@ -273,6 +281,8 @@ class ConvertOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ConversionError(f"{name} must be a positive integer, got {value!r}")
+        if self.decoder is not None and self.decoder not in DECODER_CHOICES:
+            raise ConversionError(f"unknown decoder {self.decoder!r}; choose tiny or full")
         if int(self.attention_chunk_size) < 1:
             raise ConversionError("attention_chunk_size must be >= 1")
         output = self.output if isinstance(self.output, Path) else Path(os.fspath(self.output))
@@ -291,9 +301,11 @@ class ConvertOptions:
             record["attention_chunk_size"] = self.attention_chunk_size
         if key == "unet":
             record["chunked"] = bool(self.chunk_unet)
+        if key in ("vae_decoder", "vae_encoder") and self.decoder == "tiny":
+            record["decoder"] = "tiny"  # absent: the full VAE (what exports made before tiny decoders hold)
         return record
 
 
-__all__ = ["ATTENTION_KINDS", "COMPONENTS", "CONTRACT_NAMES", "CompressionSpec", "ConversionError",
+__all__ = ["ALL_COMPONENTS", "ATTENTION_KINDS", "COMPONENTS", "DECODER_CHOICES", "OPTIONAL_COMPONENTS", "CONTRACT_NAMES", "CompressionSpec", "ConversionError",
            "ConvertOptions", "PRECISIONS", "TARGETS", "component_key", "parse_components",
            "parse_compress_map", "parse_compression", "parse_target", "target_generation"]

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .contract import read_contract, records_of, source_fingerprint
+from .contract import TINY_LOG_VARIANCE, read_contract, records_of, source_fingerprint, source_module
 from .integrity import problems, summary
 from .options import CONTRACT_NAMES, ConversionError, parse_compression
 
@@ -167,8 +167,8 @@ def _unet_cases(bundle, contract, rng, ws):
     return cases
 
 
-def _decoder_cases(bundle, contract, rng):
-    shape = contract["components"]["VAEDecoder"]["inputs"][0]["shape"]
+def _decoder_cases(bundle, contract, rng, name: str = "VAEDecoder"):
+    shape = contract["components"][name]["inputs"][0]["shape"]
     scale = float(contract["latent"]["scaling_factor"])
     # what the pipeline feeds: latents of unit scale divided by the scaling factor
     return [("latents/scale", {"z": (rng.standard_normal(shape) / scale).astype(np.float32)})]
@@ -196,8 +196,18 @@ def _reference(name: str, module, feeds: dict, bundle) -> dict:
             if "guidance_weight" in t:
                 cond = torch_guidance_embedding(t["guidance_weight"], int(bundle.card.guidance_embedding_dim))
             return {"noise_pred": module(t["sample"], t["timestep"], ehs, timestep_cond=cond).sample.numpy()}
-        if name == "VAEDecoder":
+        tiny = type(module).__name__ == "AutoencoderTiny"
+        if name in ("VAEDecoder", "VAEDecoderFull"):
+            if tiny:
+                from ane_diffusion.decoders import tiny_decoder
+
+                return {"image": tiny_decoder(module, bundle.scaling_factor)(t["z"]).numpy()}
             return {"image": module.decode(t["z"]).sample.numpy()}
+        if tiny:
+            from ane_diffusion.decoders import tiny_encoder
+
+            z = tiny_encoder(module, bundle.scaling_factor)(t["x"])
+            return {"latent": torch.cat([z, torch.full_like(z, TINY_LOG_VARIANCE)], dim=1).numpy()}
         moments = module.encoder(t["x"])
         if module.quant_conv is not None:
             moments = module.quant_conv(moments)
@@ -236,14 +246,14 @@ def verify_export(model, export_dir, compute_units: str = "ALL", engine: str = "
                               f"{bundle.source} is a {bundle.card.kind}")
     rng = np.random.default_rng(seed)
     report = VerifyReport(Path(export_dir), engine, compute_units, missing=missing)
-    source_of = {"TextEncoder": "text_encoder", "Unet": "unet", "VAEDecoder": "vae", "VAEEncoder": "vae"}
     key_of = {v: k for k, v in CONTRACT_NAMES.items()}
+    source_of = {name: source_module(key_of[name], records.get(key_of[name], {}).get("options")) for name in names}
     modules: dict = {}
     for name in names:
         key = key_of[name]
         record = records.get(key, {})
         options = record.get("options", {})
-        if options.get("source") and options["source"] != source_fingerprint(bundle, key):
+        if options.get("source") and options["source"] != source_fingerprint(bundle, key, source_of[name]):
             warnings.warn(f"{name} was converted from different {source_of[name]} weights or config than "
                           f"{bundle.source}; its PSNR compares unrelated models", stacklevel=2)
         precision = options.get("precision", "float16")
@@ -266,8 +276,8 @@ def verify_export(model, export_dir, compute_units: str = "ALL", engine: str = "
             cases = _text_cases(bundle, contract, rng)
         elif name == "Unet":
             cases = _unet_cases(bundle, contract, rng, ws)
-        elif name == "VAEDecoder":
-            cases = _decoder_cases(bundle, contract, rng)
+        elif name in ("VAEDecoder", "VAEDecoderFull"):
+            cases = _decoder_cases(bundle, contract, rng, name)
         else:
             cases = _encoder_cases(bundle, contract, rng)
         for label, feeds in cases:
@@ -275,6 +285,9 @@ def verify_export(model, export_dir, compute_units: str = "ALL", engine: str = "
             got = runner.predict(feeds)
             seconds = time.perf_counter() - start
             ref = _reference(name, module, feeds, bundle)
+            if name == "VAEEncoder" and source_of[name] == "vae_tiny":  # the constant log-variance half would
+                c = int(contract["latent"]["channels"])                # inflate the PSNR: score the mean
+                got, ref = {"latent": got["latent"][:, :c]}, {"latent": ref["latent"][:, :c]}
             scores = {out: psnr(got[out], ref[out]) for out in ref}
             worst = min(scores, key=scores.get)
             detail = ", ".join(f"{k} {v:.1f}" for k, v in scores.items()) if len(scores) > 1 else ""
@@ -283,7 +296,7 @@ def verify_export(model, export_dir, compute_units: str = "ALL", engine: str = "
             if progress is not None:
                 progress(row)
         if name == "Unet" or (name == "VAEEncoder"):
-            modules.pop(module_name, None)
+            modules.pop(module_name, None)  # VAEDecoderFull, if any, comes later and reloads the VAE
     return report
 
 

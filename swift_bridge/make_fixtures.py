@@ -21,6 +21,9 @@ Deterministic: the same package gives the same files. What is written:
 * ``pipeline.json``: whole ``Pipeline.text_to_image`` runs with scripted text encoder, UNet and
   decoder (their inputs and outputs recorded), the contract of that tiny model, and the pixels.
 * ``contract_example.json``: a contract in the export format for a 512x512 student.
+* ``contract_tiny_decoder.json``: the same with a tiny ``VAEDecoder`` / ``VAEEncoder`` and the full
+  decoder kept as ``VAEDecoderFull`` (the optional ``decoders`` / ``encoders`` maps and ``variant``
+  fields ``python -m ane_diffusion convert`` writes for a bundle with a tiny decoder).
 """
 
 from __future__ import annotations
@@ -324,7 +327,7 @@ def sampler_fixtures(out: Path, tokenizer_dir: Path) -> None:
 
 
 def contract_for(card: ModelCard, *, height: int, width: int, latent: tuple, hidden: int, max_length: int = 77,
-                 unet_batch: int = 1, chunks: bool = False) -> dict:
+                 unet_batch: int = 1, chunks: bool = False, tiny_decoder: bool = False) -> dict:
     """A contract in the export format (``ane_diffusion_coreml.json``)."""
     c, h, w = latent
     student = card.is_student
@@ -340,7 +343,7 @@ def contract_for(card: ModelCard, *, height: int, width: int, latent: tuple, hid
             "outputs": [{"name": "noise_pred", "shape": [unet_batch, c, h, w], "dtype": "float16"}]}
     if chunks:
         unet["chunks"] = ["UnetChunk1.mlpackage", "UnetChunk2.mlpackage"]
-    return {
+    contract = {
         "format_version": 1,
         "model": card.to_dict(),
         "w_convention": "paper: guidance_scale = 1 + w",
@@ -364,6 +367,14 @@ def contract_for(card: ModelCard, *, height: int, width: int, latent: tuple, hid
                            "outputs": [{"name": "latent", "shape": [1, 2 * c, h, w], "dtype": "float16"}]},
         },
     }
+    if tiny_decoder:
+        components = contract["components"]
+        components["VAEDecoderFull"] = dict(components["VAEDecoder"], file="VAEDecoderFull.mlpackage", variant="full")
+        components["VAEDecoder"]["variant"] = "tiny"
+        components["VAEEncoder"]["variant"] = "tiny"
+        contract["decoders"] = {"full": "VAEDecoderFull", "tiny": "VAEDecoder"}
+        contract["encoders"] = {"tiny": "VAEEncoder"}
+    return contract
 
 
 def pipeline_fixtures(out: Path, tokenizer_dir: Path) -> None:
@@ -423,6 +434,9 @@ def main(argv=None) -> None:
     card = make_card("progressive", "v_prediction", steps=4, default_w=3.0)
     write_json(out / "contract_example.json",
                contract_for(card, height=512, width=512, latent=(4, 64, 64), hidden=768, chunks=True))
+    write_json(out / "contract_tiny_decoder.json",
+               contract_for(card, height=512, width=512, latent=(4, 64, 64), hidden=768, chunks=True,
+                            tiny_decoder=True))
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {len(list(out.rglob('*.json'))) + 1} files to {out} ({total / 1e6:.2f} MB)")
 

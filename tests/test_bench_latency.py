@@ -43,7 +43,9 @@ def test_components_are_timed_and_counted(quick):
     _, _, report = quick
     comps = report["components"]
     assert {name: c["batch"] for name, c in comps.items()} == {
-        "text_encoder": 1, "unet_teacher": 2, "unet_student": 1, "vae_decode": 1}
+        "text_encoder": 1, "unet_teacher": 2, "unet_student": 1, "vae_decode": 1, "vae_decode_tiny": 1}
+    # the tiny decoder (diffusers AutoencoderTiny sized for the demo VAE) does a fraction of the work
+    assert comps["vae_decode_tiny"]["flops"] < comps["vae_decode"]["flops"] / 4
     for c in comps.values():
         assert c["median_s"] > 0 and c["flops"] > 0 and len(c["times_s"]) == report["settings"]["repeats"]
     # batch 2 is twice the work of batch 1 (up to the student's tiny guidance projection)
@@ -52,29 +54,35 @@ def test_components_are_timed_and_counted(quick):
 
 def test_whole_images_use_the_pipeline_evaluations(quick):
     _, _, report = quick
-    images = {(e["role"], e["steps"]): e for e in report["images"]}
-    assert set(images) == {("baseline", 20), ("baseline", 50), ("student", 1), ("student", 2), ("student", 4)}
-    for (role, steps), e in images.items():
+    images = {(e["role"], e["steps"], e["decoder"]): e for e in report["images"]}
+    # the baseline with the tiny decoder at its smallest step count: the two wins stay separable
+    assert set(images) == {("baseline", 20, "full"), ("baseline", 50, "full"), ("baseline", 20, "tiny")} | {
+        ("student", n, d) for n in (1, 2, 4) for d in ("full", "tiny")}
+    for (role, steps, decoder), e in images.items():
         calls = {(ev["component"], ev["batch"]): ev["calls"] for ev in e["evaluations"]}
+        decode = "vae_decode" if decoder == "full" else "vae_decode_tiny"
         if role == "baseline":
-            assert calls == {("text_encoder", 1): 2, ("unet", 2): steps, ("vae_decode", 1): 1}
+            assert calls == {("text_encoder", 1): 2, ("unet", 2): steps, (decode, 1): 1}
             assert e["sampler"] == "dpmpp-2m"
         else:
-            assert calls == {("text_encoder", 1): 1, ("unet", 1): steps, ("vae_decode", 1): 1}
+            assert calls == {("text_encoder", 1): 1, ("unet", 1): steps, (decode, 1): 1}
         assert e["unet_calls"] == steps and e["total"]["median_s"] > 0 and e["flops"] > 0
-    for steps in ("1", "2", "4"):
+    for steps in ("1", "2", "4", "1 tiny", "2 tiny", "4 tiny"):
         assert 0 < report["vae_share"][steps]["time"] < 1 and 0 < report["vae_share"][steps]["flops"] < 1
+        if "tiny" in steps:
+            assert report["vae_share"][steps]["flops"] < report["vae_share"][steps.split()[0]]["flops"]
 
 
 def test_ratios_exceed_one_and_flops_follow_the_evaluation_count(quick):
     _, _, report = quick
     c = {name: comp["flops"] for name, comp in report["components"].items()}
-    assert len(report["ratios"]) == 6
+    assert len(report["ratios"]) == 18  # (20, 50, 20 tiny) x (1, 2, 4) x (full, tiny)
+    decode = {"full": c["vae_decode"], "tiny": c["vae_decode_tiny"]}
     for r in report["ratios"]:
         n_base, n_student = r["baseline_steps"], r["student_steps"]
         assert r["latency_ratio"] > 1, r
-        baseline = 2 * c["text_encoder"] + n_base * c["unet_teacher"] + c["vae_decode"]
-        student = c["text_encoder"] + n_student * c["unet_student"] + c["vae_decode"]
+        baseline = 2 * c["text_encoder"] + n_base * c["unet_teacher"] + decode[r["baseline_decoder"]]
+        student = c["text_encoder"] + n_student * c["unet_student"] + decode[r["student_decoder"]]
         assert r["flops_ratio"] == pytest.approx(baseline / student, rel=1e-12)
         # the UNet alone: 2 x n_base sample evaluations against n_student; the text encoder and the
         # VAE decode (the same on both sides) pull the whole-image ratio towards 1
@@ -100,6 +108,9 @@ def test_projection_is_labelled_and_consistent(quick):
             assert st["floor_s"] < st["projected_s"] < row["latency_s"]
             assert st["projected_s"] > previous  # more steps, more time
             previous = st["projected_s"]
+            tiny = row["student_tiny"][steps]  # the same student decoding with TAESD's architecture
+            assert tiny["flops"] < st["flops"] and tiny["projected_s"] < st["projected_s"]
+    assert any("tiny" in a.lower() for a in p["assumptions"])
 
 
 def test_meta_count_equals_a_real_cpu_count():

@@ -80,8 +80,29 @@ def load_export_bundle(folder) -> Bundle:
         "text_encoder": dict(source.get("text_encoder") or {}),
         "scheduler": dict(contract["schedule"]),
     }
-    return Bundle(source=str(folder), configs=configs, card=card, tokenizer_files=files, root=folder,
-                  extra={"coreml_contract": contract})
+    extra = {"coreml_contract": contract}
+    if "decoders" in contract:  # an export with a tiny decoder (optional contract fields)
+        extra["decoders"] = tuple(d for d in ("tiny", "full") if d in contract["decoders"])
+        if source.get("vae_tiny"):
+            configs["vae_tiny"] = dict(source["vae_tiny"])
+    return Bundle(source=str(folder), configs=configs, card=card, tokenizer_files=files, root=folder, extra=extra)
+
+
+def vae_component(contract: dict, part: str, variant: str = "full") -> str:
+    """The contract name of the ``decoder`` or ``encoder`` of ``variant`` (``tiny`` / ``full``).
+
+    Exports made before tiny decoders have no ``decoders`` / ``encoders`` map: their VAEDecoder and
+    VAEEncoder are the full VAE's."""
+    table = contract.get("decoders" if part == "decoder" else "encoders")
+    default = "VAEDecoder" if part == "decoder" else "VAEEncoder"
+    if table is None:
+        if variant != "full":
+            raise ModelLoadError(f"this Core ML export has no tiny {part}; use --decoder full")
+        return default
+    if variant not in table:
+        raise ModelLoadError(f"this Core ML export has no {variant} {part}; use --decoder "
+                             f"{'full' if variant == 'tiny' else 'tiny'}")
+    return table[variant]
 
 
 class CoreMLBackend:
@@ -183,14 +204,14 @@ class CoreMLBackend:
             outputs.append(runner.predict(feeds)["noise_pred"][: len(rows)])
         return np.concatenate(outputs).astype(np.float32)
 
-    def decode(self, latents) -> np.ndarray:
+    def decode(self, latents, decoder: str = "full") -> np.ndarray:
         self._check_latents(latents.shape)
-        runner = self.runner("VAEDecoder")
+        runner = self.runner(vae_component(self.contract, "decoder", decoder))
         return np.concatenate([runner.predict({"z": latents[i:i + 1]})["image"]
                                for i in range(latents.shape[0])]).astype(np.float32)
 
-    def encode_image(self, images) -> np.ndarray:
-        runner = self.runner("VAEEncoder")
+    def encode_image(self, images, encoder: str = "full") -> np.ndarray:
+        runner = self.runner(vae_component(self.contract, "encoder", encoder))
         channels = int(self.contract["latent"]["channels"])
         return np.concatenate([runner.predict({"x": images[i:i + 1]})["latent"][:, :channels]
                                for i in range(images.shape[0])]).astype(np.float32)

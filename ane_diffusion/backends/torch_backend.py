@@ -109,10 +109,26 @@ class TorchBackend:
                                        timestep_cond=cond).sample
             return self._numpy(out)
 
-    def decode(self, latents) -> np.ndarray:
+    def _tiny(self, part: str):
+        """The tiny autoencoder's decoder or encoder in the full VAE's convention (built once)."""
+        from ..decoders import DecoderChoiceError, tiny_decoder, tiny_encoder
+
+        key = f"_tiny_{part}"
+        if getattr(self, key, None) is None:
+            if self.components.vae_tiny is None:
+                raise DecoderChoiceError(f"{self.bundle.source} has no tiny decoder; use --decoder full")
+            make = tiny_decoder if part == "decoder" else tiny_encoder
+            setattr(self, key, make(self.components.vae_tiny, self.bundle.scaling_factor))
+        return getattr(self, key)
+
+    def decode(self, latents, decoder: str = "full") -> np.ndarray:
         with self.torch.inference_mode():
+            if decoder == "tiny":
+                return self._numpy(self._tiny("decoder")(self._tensor(latents)))
             return self._numpy(self.components.vae.decode(self._tensor(latents, self.vae_dtype)).sample)
 
-    def encode_image(self, images) -> np.ndarray:
+    def encode_image(self, images, encoder: str = "full") -> np.ndarray:
         with self.torch.inference_mode():
+            if encoder == "tiny":
+                return self._numpy(self._tiny("encoder")(self._tensor(images)))
             return self._numpy(self.components.vae.encode(self._tensor(images, self.vae_dtype)).latent_dist.mean)

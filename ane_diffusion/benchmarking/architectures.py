@@ -9,6 +9,9 @@ each wrapped in a real :class:`ane_diffusion.pipeline.Pipeline` on the torch bac
   bundle ``ane_diffusion/assets/demo`` when it is installed, else from
   :mod:`ane_diffusion.demo.configs`.
 * ``sd15``: Stable Diffusion 1.5 at 512x512 (:mod:`ane_diffusion.testing.sd15`), about 1.1 B parameters in float32.
+
+Both carry a tiny decoder (``vae_tiny``, :func:`ane_diffusion.decoders.tiny_config` of the VAE: for
+SD 1.5 that is TAESD's own shape), random like the rest, so the decoder's share can be timed both ways.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Optional
+
+from ane_diffusion.decoders import TINY, tiny_config
 
 ARCHITECTURES = ("demo", "sd15")
 PROMPTS = {"demo": "a small red circle at the top left on a blue background",
@@ -94,7 +99,9 @@ def arch_spec(arch: str) -> ArchSpec:
         files = _tokenizer_files([PROMPTS["sd15"]])
         vocab = json.loads(files["vocab.json"])
         bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
-        return ArchSpec("sd15", sd15.configs(bos, eos, eos), files, default_w=6.5,
+        configs = sd15.configs(bos, eos, eos)
+        configs[TINY] = tiny_config(configs["vae"])  # TAESD's own shape (64 channels, 3 upsamplings)
+        return ArchSpec("sd15", configs, files, default_w=6.5,
                         configs_from="ane_diffusion/testing/sd15.py",
                         info={"weights": "random (latency does not depend on weight values)",
                               "tokenizer": "CLIP BPE built from the prompt (valid ids < 49408)"})
@@ -105,6 +112,7 @@ def arch_spec(arch: str) -> ArchSpec:
         configs = {name: _private_free(bundle.configs[name]) for name in ("unet", "text_encoder", "vae")}
         configs["unet"].pop("time_cond_proj_dim", None)
         configs["scheduler"] = bundle.configs["scheduler"]
+        configs[TINY] = _private_free(bundle.configs[TINY]) if TINY in bundle.configs else tiny_config(configs["vae"])
         return ArchSpec("demo", configs, bundle.tokenizer_files, default_w=bundle.card.default_w,
                         guidance_dim=bundle.card.guidance_embedding_dim or GUIDANCE_EMBEDDING_DIM,
                         configs_from="ane_diffusion/assets/demo",
@@ -114,6 +122,7 @@ def arch_spec(arch: str) -> ArchSpec:
     files, vocab = demo.tokenizer_files()
     configs = {"unet": demo.unet_config(), "vae": demo.vae_config(), "text_encoder": demo.text_encoder_config(vocab),
                "scheduler": demo.scheduler_config()}
+    configs[TINY] = tiny_config(configs["vae"])
     return ArchSpec("demo", configs, files, default_w=3.0, configs_from="ane_diffusion/demo/configs.py",
                     info={"weights": "random (ane_diffusion/assets/demo not installed; latency does not "
                                      "depend on weight values)"})
@@ -178,21 +187,22 @@ def build_torch(arch: str, device: Optional[str] = None, seed: int = 0, log=None
         student_unet = add_guidance_input(components.unet, spec.guidance_dim)
     target = select_device(device)
     dtype = default_dtype(target)
-    for module in (components.text_encoder, components.unet, components.vae, student_unet):
+    for module in (components.text_encoder, components.unet, components.vae, components.vae_tiny, student_unet):
         _place(module, target, dtype)
     teacher_bundle, student_bundle = spec.bundles()
     teacher = Pipeline(teacher_bundle, TorchBackend(teacher_bundle, device=str(target), dtype=dtype,
                                                     components=components))
     student = Pipeline(student_bundle, TorchBackend(student_bundle, device=str(target), dtype=dtype,
                                                     components=TorchComponents(components.text_encoder, student_unet,
-                                                                               components.vae)))
+                                                                               components.vae, components.vae_tiny)))
     if log:
         log(f"built {arch} teacher and student in {time.perf_counter() - start:.1f}s")
     info = {"name": "torch", "device": str(target), "dtype": str(dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(),
             "parameters_m": {name: round(sum(p.numel() for p in m.parameters()) / 1e6, 3) for name, m in
                              (("text_encoder", components.text_encoder), ("unet_teacher", components.unet),
-                              ("unet_student", student_unet), ("vae", components.vae))}}
+                              ("unet_student", student_unet), ("vae", components.vae),
+                              ("vae_tiny", components.vae_tiny))}}
     return TorchSetup(spec, teacher, student, info)
 
 

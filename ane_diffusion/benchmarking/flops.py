@@ -73,6 +73,10 @@ class WorkCounter:
                 elif name == "vae":
                     module = AutoencoderKL.from_config({k: v for k, v in self.configs["vae"].items()
                                                         if not k.startswith("_")})
+                elif name == "vae_tiny":
+                    from ane_diffusion.decoders import TINY, build_tiny
+
+                    module = build_tiny(self.configs[TINY])
                 else:
                     text = {k: v for k, v in self.configs["text_encoder"].items() if not k.startswith("_")}
                     text.pop("architectures", None)
@@ -81,7 +85,8 @@ class WorkCounter:
         return self._modules[name]
 
     def flops(self, component: str, batch: int = 1) -> int:
-        """FLOPs of one call: ``component`` is ``text_encoder``, ``unet`` or ``vae_decode``."""
+        """FLOPs of one call: ``component`` is ``text_encoder``, ``unet``, ``vae_decode`` or
+        ``vae_decode_tiny`` (the configs' ``vae_tiny`` decoder, :mod:`ane_diffusion.decoders`)."""
         key = (component, int(batch))
         if key not in self._cache:
             self._cache[key] = self._count(component, int(batch))
@@ -106,6 +111,10 @@ class WorkCounter:
             module = self._module("vae")
             latents = torch.zeros(batch, *self.latent_shape, device=meta)
             return count_flops(lambda: module.decode(latents))
+        if component == "vae_decode_tiny":
+            module = self._module("vae_tiny")
+            latents = torch.zeros(batch, *self.latent_shape, device=meta)
+            return count_flops(lambda: module.decode(latents))
         raise ValueError(f"unknown component {component!r}")
 
     def image_flops(self, evaluations: dict) -> int:
@@ -113,22 +122,27 @@ class WorkCounter:
         return sum(calls * self.flops(component, batch) for (component, batch), calls in evaluations.items())
 
 
-def guided_evaluations(steps: int) -> dict:
+def _decode(decoder: str) -> str:
+    return "vae_decode" if decoder == "full" else f"vae_decode_{decoder}"
+
+
+def guided_evaluations(steps: int, decoder: str = "full") -> dict:
     """Calls per image of a guided teacher (one prompt, one image): the prompt and the empty
     negative prompt encoded separately, one batch-2 UNet call per step, one decode. This is what
     :meth:`Pipeline.text_to_image` does and what Apple's Swift pipeline does."""
-    return {("text_encoder", 1): 2, ("unet", 2): int(steps), ("vae_decode", 1): 1}
+    return {("text_encoder", 1): 2, ("unet", 2): int(steps), (_decode(decoder), 1): 1}
 
 
-def student_evaluations(steps: int) -> dict:
+def student_evaluations(steps: int, decoder: str = "full") -> dict:
     """Calls per image of a guidance-distilled student: one encode, one batch-1 UNet call a step."""
-    return {("text_encoder", 1): 1, ("unet", 1): int(steps), ("vae_decode", 1): 1}
+    return {("text_encoder", 1): 1, ("unet", 1): int(steps), (_decode(decoder), 1): 1}
 
 
 @lru_cache(maxsize=None)
 def reference_work(model: str) -> tuple:
     """``(teacher WorkCounter, student WorkCounter)`` of a reference model at 512x512:
     ``sd15`` (= SD 1.4's architecture) or ``sd21-base``; used by the projection."""
+    from ..decoders import tiny_config
     from ..testing import sd15
 
     if model == "sd15":
@@ -137,6 +151,7 @@ def reference_work(model: str) -> tuple:
         configs = sd15.sd21_base_configs()
     else:
         raise ValueError(f"no reference configs for {model!r}")
+    configs = dict(configs, vae_tiny=tiny_config(configs["vae"]))  # TAESD's shape for SD's VAE
     student = dict(configs, unet=configs["unet"] | {"time_cond_proj_dim": sd15.GUIDANCE_EMBEDDING_DIM})
     return (WorkCounter(configs, sd15.RESOLUTION, sd15.RESOLUTION),
             WorkCounter(student, sd15.RESOLUTION, sd15.RESOLUTION))

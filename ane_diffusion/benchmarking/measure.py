@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ane_diffusion.decoders import has_tiny
+
 
 class CountingBackend:
     """A backend that counts its calls per (component, batch) and forwards everything else."""
@@ -40,9 +42,10 @@ class CountingBackend:
         self.calls[("unet", int(sample.shape[0]))] += 1
         return self.inner.predict(sample, timestep, hidden, w)
 
-    def decode(self, latents):
-        self.calls[("vae_decode", int(latents.shape[0]))] += 1
-        return self.inner.decode(latents)
+    def decode(self, latents, decoder: str = "full"):
+        name = "vae_decode" if decoder == "full" else f"vae_decode_{decoder}"
+        self.calls[(name, int(latents.shape[0]))] += 1
+        return self.inner.decode(latents, decoder=decoder) if decoder != "full" else self.inner.decode(latents)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -60,6 +63,8 @@ class Subject:
     pipeline: object
     sampler: str
     w: float
+    decoder: str = "full"
+    """``full`` (the bundle's VAE) or ``tiny`` (its distilled tiny decoder)."""
 
 
 def latent_shape(pipeline) -> tuple:
@@ -105,6 +110,8 @@ def component_calls(baseline: Subject | None, student: Subject | None, prompt: s
         calls["unet_student"] = (1, lambda: backend.predict(z1, 500, hidden(1), w))
     z = rng.standard_normal((1, *shape)).astype(np.float32)
     calls["vae_decode"] = (1, lambda: backend.decode(z))
+    if has_tiny(main.pipeline.bundle):
+        calls["vae_decode_tiny"] = (1, lambda: backend.decode(z, decoder="tiny"))
     return calls
 
 
@@ -146,8 +153,8 @@ def time_images(plan, prompt: str, warmup: int, repeats: int, log=None) -> list[
         backend.reset()
         with warnings.catch_warnings():  # "distilled for N steps; M may look worse": latency only here
             warnings.filterwarnings("ignore", message="this student was distilled for")
-            result = subject.pipeline.text_to_image(prompt, Settings(steps=steps, w=subject.w,
-                                                                     sampler=subject.sampler, seed=seed))
+            result = subject.pipeline.text_to_image(prompt, Settings(steps=steps, w=subject.w, sampler=subject.sampler,
+                                                                     seed=seed, decoder=subject.decoder))
         return result.timings, dict(backend.calls)
 
     if warmup:  # the sampler code paths (diffusers' scheduler for dpmpp-2m) on their first use
@@ -165,6 +172,7 @@ def time_images(plan, prompt: str, warmup: int, repeats: int, log=None) -> list[
     for record in records:
         subject, timings = record["subject"], record["timings"]
         entry = {"role": subject.role, "steps": record["steps"], "sampler": subject.sampler, "w": subject.w,
+                 "decoder": subject.decoder,
                  "evaluations": [{"component": c, "batch": b, "calls": k}
                                  for (c, b), k in sorted(record["calls"].items())],
                  "unet_calls": timings[0].unet_calls,
@@ -177,5 +185,5 @@ def time_images(plan, prompt: str, warmup: int, repeats: int, log=None) -> list[
                                - entry["vae_decode_s"], 0.0)
         results.append(entry)
         if log:
-            log(f"{subject.role} {record['steps']} steps: median {entry['total']['median_s']:.3f}s per image")
+            log(f"{subject.role} {record['steps']} steps, {subject.decoder} decoder: median {entry['total']['median_s']:.3f}s per image")
     return results

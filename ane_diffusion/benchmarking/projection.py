@@ -78,8 +78,19 @@ ASSUMPTIONS = (
 )
 
 
-def project(student_steps=(1, 2, 4), baselines=APPLE_BASELINES, work=None) -> dict:
-    """The projection table. ``work(model) -> (teacher WorkCounter, student WorkCounter)``."""
+TINY_ASSUMPTION = (
+    "Tiny-decoder rows (student + tiny decoder): the decoder is diffusers' AutoencoderTiny in TAESD's shape "
+    "(64 channels, 3 upsamplings) and is assumed to run at the same FLOPs per second as the rest. It is a thin, "
+    "memory-bound network at 512x512 (64-channel feature maps of 256x256 and 512x512 pixels), so the Neural "
+    "Engine may run it below that rate: the tiny-decoder rows are the most optimistic ones.")
+
+
+def project(student_steps=(1, 2, 4), baselines=APPLE_BASELINES, work=None, decoders=("full",)) -> dict:
+    """The projection table. ``work(model) -> (teacher WorkCounter, student WorkCounter)``.
+
+    ``decoders``: the student's VAE decoder(s); each row has ``student`` (the full decoder) and,
+    with ``tiny``, ``student_tiny`` (the same student decoding with the tiny decoder, TAESD's shape
+    for the baseline's VAE). The baseline always decodes with its full VAE, as Apple's runs did."""
     from .flops import guided_evaluations, reference_work, student_evaluations
 
     work = work or reference_work
@@ -92,17 +103,20 @@ def project(student_steps=(1, 2, 4), baselines=APPLE_BASELINES, work=None) -> di
         row = dict(base, baseline_flops=baseline_flops, baseline_effective_tflops=effective,
                    peak_ne_tops=peak, baseline_fraction_of_peak=(effective / peak) if peak else None,
                    student={})
-        for steps in student_steps:
-            flops = student.image_flops(student_evaluations(steps))
-            projected = base["latency_s"] * flops / baseline_flops
-            floor = flops / (peak * 1e12) if peak else None
-            row["student"][str(steps)] = dict(
-                flops=flops, work_ratio=baseline_flops / flops, projected_s=projected,
-                floor_s=floor, projected_over_floor=(projected / floor) if floor else None)
+        for decoder in decoders:
+            key = "student" if decoder == "full" else f"student_{decoder}"
+            row[key] = {}
+            for steps in student_steps:
+                flops = student.image_flops(student_evaluations(steps, decoder))
+                projected = base["latency_s"] * flops / baseline_flops
+                floor = flops / (peak * 1e12) if peak else None
+                row[key][str(steps)] = dict(
+                    flops=flops, work_ratio=baseline_flops / flops, projected_s=projected,
+                    floor_s=floor, projected_over_floor=(projected / floor) if floor else None)
         rows.append(row)
     return {"label": LABEL, "method": "projected = published_baseline_latency x student_FLOPs / baseline_FLOPs; "
                                       "floor = student_FLOPs / peak Neural Engine throughput",
             "basis": "FLOPs of each published baseline's own model at 512x512 (SD 1.5 for SD 1.4, SD 2.1-base), "
                      "counted on the meta device; independent of this run's architecture and timings",
-            "assumptions": list(ASSUMPTIONS), "baseline_source": BASELINE_SOURCE, "peak_caveat": PEAK_CAVEAT,
+            "assumptions": list(ASSUMPTIONS) + ([TINY_ASSUMPTION] if "tiny" in decoders else []), "baseline_source": BASELINE_SOURCE, "peak_caveat": PEAK_CAVEAT,
             "peak_ne_tops": dict(PEAK_NE_TOPS), "rows": rows}

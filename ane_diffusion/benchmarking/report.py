@@ -115,11 +115,15 @@ def write_plot(path: Path, report: dict) -> Path:
               "student": ("tab:blue", "s", "guidance-distilled student, batch 1")}
     max_steps = max(e["steps"] for e in images)
     for role, (colour, marker, label) in styles.items():
+        for decoder, fill in (("tiny", "none"), ("full", colour)):
+            tiny = [e for e in images if e["role"] == role and e.get("decoder", "full") == decoder]
+            if tiny:
+                ax.plot([e["steps"] for e in tiny], [e["total"]["median_s"] for e in tiny], marker=marker,
+                        linestyle="none", color=colour, markerfacecolor=fill, markersize=7,
+                        label=f"{label}, {decoder} decoder (measured)")
         points = sorted((e["steps"], e["total"]["median_s"]) for e in images if e["role"] == role)
         if not points:
             continue
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, linestyle="none", color=colour,
-                markersize=7, label=f"{label} (measured)")
         unet = comps.get("unet_teacher" if role == "baseline" else "unet_student")
         te, vae = comps.get("text_encoder"), comps.get("vae_decode")
         if unet and te and vae:  # fixed cost + steps x one UNet call, from the component medians
@@ -137,7 +141,10 @@ def write_plot(path: Path, report: dict) -> Path:
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if report["ratios"]:
         text = "measured speed-up (FLOP ratio)\n" + "\n".join(
-            f"{r['baseline_steps']} guided / {r['student_steps']} student: {r['latency_ratio']:.1f}x "
+            f"{r['baseline_steps']} guided / {r['student_steps']} student"
+            + ("" if r.get("student_decoder", "full") == "full" else f" ({r['student_decoder']})")
+            + ("" if r.get("baseline_decoder", "full") == "full" else f" [{r['baseline_decoder']} baseline]")
+            + f": {r['latency_ratio']:.1f}x "
             + (f"({r['flops_ratio']:.1f}x)" if r["flops_ratio"] else "") for r in report["ratios"])
         ax.text(0.98, 0.03, text, transform=ax.transAxes, fontsize=7, ha="right", va="bottom", family="monospace",
                 bbox=dict(boxstyle="round", facecolor="white", alpha=0.8, edgecolor="0.8"))
@@ -194,7 +201,7 @@ def markdown(report: dict) -> str:
         calls = f"{unet['calls']} x {unet['batch']}" if unet else "-"
         share = f" ({e['vae_share_of_flops'] * 100:.0f}%)" if e.get("vae_share_of_flops") is not None else ""
         name = ("baseline: guided teacher (CFG), " if e["role"] == "baseline" else "student: guidance-distilled, ") + \
-            e["sampler"]
+            e["sampler"] + (f", **{e['decoder']} decoder**" if e.get("decoder", "full") != "full" else "")
         lines.append(f"| {name} | {e['steps']} | {calls} | {_s(e['text_encoder_s'])} | {_s(e['unet_s'])} | "
                      f"{_s(e['vae_decode_s'])} | {_s(e['other_s'])} | **{_s(e['total']['median_s'])}** | "
                      f"{_g(e.get('flops'))} | {e['vae_share'] * 100:.0f}%{share} |")
@@ -206,19 +213,30 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {c['batch']} | {_ms(c['median_s'])} | {_ms(c['min_s'])} | "
                      f"{_ms(c.get('first_call_s'))} | {_g(c.get('flops'))} | {f'{rate:,.0f}' if rate else '-'} |")
     if report["ratios"]:
-        student_steps = sorted({r["student_steps"] for r in report["ratios"]})
+        def key(r, side):
+            return (r[f"{side}_steps"], r.get(f"{side}_decoder", "full"))
+
+        def label(steps, decoder, unit):
+            return f"{steps} {unit}{'s' if steps > 1 else ''}" + ("" if decoder == "full" else f", {decoder} decoder")
+
+        columns = sorted({key(r, "student") for r in report["ratios"]}, key=lambda k: (k[1] != "full", k[0]))
+        rows = sorted({key(r, "baseline") for r in report["ratios"]}, key=lambda k: (k[1] != "full", k[0]))
         lines += ["", "## Speed-up: baseline / student (the figure that carries across machines)", "",
-                  "Measured latency ratio, with the FLOP ratio in brackets.", "",
-                  "| baseline \\ student | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in student_steps)
-                  + " |",
-                  "|---|" + "---:|" * len(student_steps)]
-        for base in sorted({r["baseline_steps"] for r in report["ratios"]}):
+                  "Measured latency ratio, with the FLOP ratio in brackets. Baselines decode with the full VAE "
+                  "unless the row says otherwise.", "",
+                  "| baseline \\ student | " + " | ".join(label(n, d, "step") for n, d in columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        for base in rows:
             cells = []
-            for n in student_steps:
-                r = next(r for r in report["ratios"] if r["baseline_steps"] == base and r["student_steps"] == n)
+            for col in columns:
+                r = next((r for r in report["ratios"] if key(r, "baseline") == base and key(r, "student") == col),
+                         None)
+                if r is None:
+                    cells.append("-")
+                    continue
                 flops = f" ({r['flops_ratio']:.1f}x)" if r["flops_ratio"] else ""
                 cells.append(f"**{r['latency_ratio']:.1f}x**{flops}")
-            lines.append(f"| {base} steps | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(base[0], base[1], 'step')} | " + " | ".join(cells) + " |")
     lines += _projection_markdown(report.get("projection"))
     if report.get("coreml"):
         lines += _coreml_markdown(report)
@@ -252,13 +270,19 @@ def _projection_markdown(p) -> list:
             "effective TFLOPS (% of peak) | "
             + " | ".join(f"student {n} step{'s' if n != '1' else ''}: projected / floor" for n in steps) + " |",
             "|---|---|---:|---:|" + "---:|" * len(steps)]
+    tiny = bool(p["rows"]) and "student_tiny" in p["rows"][0]
+    if tiny:
+        out[-2] = out[-2][:-2] + " | " + " | ".join(
+            f"student {n} step{'s' if n != '1' else ''} + tiny decoder: projected / floor" for n in steps) + " |"
+        out[-1] += "---:|" * len(steps)
     for r in p["rows"]:
         frac = f" ({r['baseline_fraction_of_peak'] * 100:.0f}%)" if r["baseline_fraction_of_peak"] else ""
         cells = []
-        for n in steps:
-            st = r["student"][n]
-            floor = f"{st['floor_s']:.2f} s" if st["floor_s"] is not None else "-"
-            cells.append(f"~{st['projected_s']:.2f} s / {floor}")
+        for part in ("student", "student_tiny") if tiny else ("student",):
+            for n in steps:
+                st = r[part][n]
+                floor = f"{st['floor_s']:.2f} s" if st["floor_s"] is not None else "-"
+                cells.append(f"~{st['projected_s']:.2f} s / {floor}")
         out.append(f"| {r['device']} ({r['chip']}, {r['peak_ne_tops']}) | {r['model_label']}, {r['steps']} steps, "
                    f"{r['precision']}, {r['compute_units']}: {r['latency_s']} s | {r['baseline_flops'] / 1e12:.1f} | "
                    f"{r['baseline_effective_tflops']:.2f}{frac} | " + " | ".join(cells) + " |")

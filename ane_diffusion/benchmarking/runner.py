@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from ane_diffusion.decoders import has_tiny
+
 from .architectures import ARCHITECTURES, PROMPTS, BenchError, check_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +47,11 @@ class BenchOptions:
     check_unet: bool = False
     plot: bool = True
     seed: int = 0
+    decoders: tuple = ("full", "tiny")
+    """Decoders of the whole-image runs; ``tiny`` is skipped when the model carries none."""
+    tiny_baseline_steps: Optional[tuple] = None
+    """Baseline step counts also run with the tiny decoder (default: the smallest baseline count,
+    which separates the win of the decoder from the win of the steps)."""
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "BenchOptions":
@@ -76,7 +83,14 @@ class BenchOptions:
             raise BenchError(f"--threads must be >= 1, got {threads}")
         if self.backend == "coreml":
             threads = self.threads
-        return replace(self, warmup=warmup, repeats=repeats, threads=threads,
+        bad = [d for d in self.decoders if d not in ("full", "tiny")]
+        if bad or not self.decoders:
+            raise BenchError(f"--decoders takes full and/or tiny, got {' '.join(map(str, self.decoders))}")
+        baseline_steps = tuple(sorted({int(s) for s in self.baseline_steps}))
+        tiny_baseline = (baseline_steps[:1] if self.tiny_baseline_steps is None
+                         else tuple(sorted({int(s) for s in self.tiny_baseline_steps})))
+        return replace(self, warmup=warmup, repeats=repeats, threads=threads, tiny_baseline_steps=tiny_baseline,
+                       decoders=tuple(d for d in ("full", "tiny") if d in self.decoders),
                        baseline_steps=tuple(sorted({int(s) for s in self.baseline_steps})),
                        student_steps=tuple(sorted({int(s) for s in self.student_steps})),
                        output_dir=Path(self.output_dir) if self.output_dir else RESULTS,
@@ -183,6 +197,8 @@ def benchmark(o: BenchOptions, log=_stderr) -> dict:
                                       setup.teacher.card.default_w if setup.teacher else setup.student.card.default_w)
     for subject in subjects.values():
         subject.pipeline.backend = CountingBackend(subject.pipeline.backend)
+    tiny = {role: replace(s, decoder="tiny") for role, s in subjects.items()
+            if "tiny" in o.decoders and has_tiny(s.pipeline.bundle)}
     main = (subjects.get("student") or subjects["baseline"]).pipeline
     height = width = main.bundle.default_size
     count = _strict if o.backend == "torch" else _lenient
@@ -202,9 +218,13 @@ def benchmark(o: BenchOptions, log=_stderr) -> dict:
         work = {"unet_teacher": works.get("baseline"), "unet_student": works.get("student")}.get(name, main_work)
         c["flops"] = flops(lambda: work.flops("unet" if name.startswith("unet") else name, c["batch"]), work)
 
-    plan = [(subjects["baseline"], n) for n in o.baseline_steps if "baseline" in subjects] + \
-           [(subjects["student"], n) for n in o.student_steps if "student" in subjects]
-    log(f"timing whole images: {', '.join(f'{s.role} {n}' for s, n in plan)} ({o.repeats} runs each, interleaved)")
+    full = "full" in o.decoders
+    plan = [(subjects["baseline"], n) for n in o.baseline_steps if "baseline" in subjects and full] + \
+           [(tiny["baseline"], n) for n in o.tiny_baseline_steps if "baseline" in tiny] + \
+           [(subjects["student"], n) for n in o.student_steps if "student" in subjects and full] + \
+           [(tiny["student"], n) for n in o.student_steps if "student" in tiny]
+    log(f"timing whole images: {', '.join(f'{s.role} {n} ({s.decoder})' for s, n in plan)} "
+        f"({o.repeats} runs each, interleaved)")
     images = time_images(plan, o.prompt, o.warmup, o.repeats, log)
     for e in images:
         evaluations = {(ev["component"], ev["batch"]): ev["calls"] for ev in e["evaluations"]}
@@ -222,12 +242,13 @@ def benchmark(o: BenchOptions, log=_stderr) -> dict:
     for b in (e for e in images if e["role"] == "baseline"):
         for s in (e for e in images if e["role"] == "student"):
             ratios.append({"baseline_steps": b["steps"], "student_steps": s["steps"],
+                           "baseline_decoder": b["decoder"], "student_decoder": s["decoder"],
                            "latency_ratio": b["total"]["median_s"] / s["total"]["median_s"],
                            "latency_ratio_min": b["total"]["min_s"] / s["total"]["min_s"],
                            "flops_ratio": b["flops"] / s["flops"] if b["flops"] and s["flops"] else None,
                            "unet_sample_evaluations_ratio": unet(b) / unet(s)})
     log("counting the work of SD 1.5 / SD 2.1-base for the Apple projection")
-    projection = project(o.student_steps)
+    projection = project(o.student_steps, decoders=o.decoders)
 
     name = f"latency-{o.arch}" + ("-coreml" if o.backend == "coreml" else "")
     files = {ext: str(o.output_dir / f"{name}.{ext}") for ext in ("json", "md", "png")}
@@ -242,12 +263,14 @@ def benchmark(o: BenchOptions, log=_stderr) -> dict:
                      "baseline_steps": list(o.baseline_steps), "student_steps": list(o.student_steps),
                      "baseline_sampler": BASELINE_SAMPLER, "student_sampler": STUDENT_SAMPLER,
                      "w": next(iter(subjects.values())).w, "prompt": o.prompt, "height": height, "width": width,
-                     "latent": "x".join(map(str, shape)), "images_per_run": 1},
+                     "latent": "x".join(map(str, shape)), "images_per_run": 1,
+                     "decoders": list(o.decoders), "tiny_baseline_steps": list(o.tiny_baseline_steps)},
         "model": model_info,
         "components": components,
         "images": images,
         "ratios": ratios,
-        "vae_share": {str(e["steps"]): {"time": e["vae_share"], "flops": e["vae_share_of_flops"]}
+        "vae_share": {str(e["steps"]) + ("" if e["decoder"] == "full" else f" {e['decoder']}"):
+                      {"time": e["vae_share"], "flops": e["vae_share_of_flops"]}
                       for e in images if e["role"] == "student"},
         "projection": projection,
         "coreml": None if o.backend != "coreml" else setup.backend_info,
@@ -261,7 +284,8 @@ def benchmark(o: BenchOptions, log=_stderr) -> dict:
         print(path)
     for r in ratios:
         flops = f", {r['flops_ratio']:.1f}x FLOPs" if r["flops_ratio"] else ""
-        print(f"baseline {r['baseline_steps']} steps / student {r['student_steps']} steps: "
+        print(f"baseline {r['baseline_steps']} steps ({r['baseline_decoder']} decoder) / student "
+              f"{r['student_steps']} steps ({r['student_decoder']} decoder): "
               f"{r['latency_ratio']:.1f}x measured{flops}")
     if o.backend != "coreml":
         print(coreml_note())

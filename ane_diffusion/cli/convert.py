@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="model folder, .safetensors file or hub id")
     p.add_argument("--output", "-o", required=True, type=Path, help="export folder (created; parent must exist)")
     p.add_argument("--components", default="all",
-                   help="comma-separated subset of text_encoder,unet,vae_decoder,vae_encoder (default all)")
+                   help="comma-separated subset of text_encoder,unet,vae_decoder,vae_encoder (default all), "
+                        "plus vae_decoder_full (the full decoder beside a tiny one) when named")
     p.add_argument("--attention", choices=ATTENTION_KINDS, default="split_einsum",
                    help="split_einsum (ANE, default), split_einsum_v2 (ANE, chunked queries for large "
                         "latents), original (GPU)")
@@ -44,6 +45,10 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     p.add_argument("--min-target", default="iOS16",
                    help="minimum deployment target: iOS16 (default), iOS17, iOS18, iOS26, macOS13..macOS15, macOS26")
+    p.add_argument("--decoder", choices=("tiny", "full"), default=None,
+                   help="VAEDecoder/VAEEncoder from the model's distilled tiny autoencoder or its full VAE "
+                        "(default: tiny when the model has one); add vae_decoder_full to --components to keep "
+                        "the full decoder beside a tiny one (VAEDecoderFull)")
     p.add_argument("--force", action="store_true", help="reconvert components the folder already holds")
     p.add_argument("--no-compile", action="store_true", help="macOS: do not compile packages to .mlmodelc")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -60,7 +65,7 @@ def run(args) -> int:
                              attention=args.attention, precision=args.precision, compress=args.compress,
                              chunk_unet=args.chunk_unet, height=args.height, width=args.width,
                              min_target=args.min_target, force=args.force, compile=not args.no_compile,
-                             vae_decoder_precision=args.vae_decoder_precision)
+                             vae_decoder_precision=args.vae_decoder_precision, decoder=args.decoder)
     progress = Progress(enabled=not args.quiet, library_bars=args.verbose)
     result = convert_bundle(options, progress=progress)
     if not args.quiet:

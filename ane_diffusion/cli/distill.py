@@ -3,6 +3,7 @@
     python -m ane_diffusion distill guidance --teacher TEACHER --data IMAGES --output RUN1
     python -m ane_diffusion distill progressive --student RUN1/student --start-steps 8 \\
         --target-steps 2 --data IMAGES --output RUN2
+    python -m ane_diffusion distill decoder --model RUN2/steps-2 --data IMAGES --output RUN3
 
 Runs unchanged under ``accelerate launch --num_processes N -m ane_diffusion distill ...``.
 A thin shell around :mod:`ane_diffusion.distill`.
@@ -75,16 +76,35 @@ def register(subparsers) -> None:
     s.add_argument("--target-steps", type=int, required=True, help="1, 2, 4, ... reachable by halving")
     _common(s)
     s.set_defaults(run=run)
+    d = stages.add_parser("decoder", help="stage 3: a tiny VAE decoder/encoder distilled from the bundle's VAE",
+                          description="Stage 3: train diffusers' AutoencoderTiny (TAESD architecture) to reproduce "
+                                      "the bundle's own VAE decoder and encoder, on data latents and on the latents "
+                                      "the students produce (pixel + VAE-feature + encoder losses). Saves "
+                                      "OUTPUT/bundle: the bundle plus vae_tiny/ (weights, config, decoder_card.json).")
+    d.add_argument("--model", required=True, help="the bundle whose VAE is distilled (e.g. the 4-step student)")
+    d.add_argument("--students", nargs="*", default=None, metavar="BUNDLE",
+                   help="bundles whose own samples are trained on too (default: --model; none: --students)")
+    d.add_argument("--samples-per-student", type=int, default=None,
+                   help="samples of each --students model (default: one per training example)")
+    d.add_argument("--feature-weight", type=float, default=1.0, help="VAE-encoder feature (perceptual) loss weight")
+    d.add_argument("--encoder-weight", type=float, default=1.0, help="tiny encoder latent-MSE weight")
+    _common(d)
+    d.set_defaults(run=run, lr=1e-3, updates=2000, batch_size=16, warmup=100)
 
 
 def config_from_args(args):
     from ..distill import DistillConfig
 
-    stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
-                     "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,
-                     "guidance_lr_scale": args.guidance_lr_scale}
-                    if args.stage == "guidance" else
-                    {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})
+    if args.stage == "decoder":
+        stage_fields = {"model": args.model, "decoder_students": args.students,
+                        "samples_per_student": args.samples_per_student,
+                        "feature_weight": args.feature_weight, "encoder_weight": args.encoder_weight}
+    else:
+        stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
+                         "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,
+                         "guidance_lr_scale": args.guidance_lr_scale}
+                        if args.stage == "guidance" else
+                        {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})
     return DistillConfig(
         output=args.output, data=args.data, prompts=args.prompts, cache_dir=args.cache_dir,
         resolution=args.resolution, sample_steps=args.sample_steps, sample_w=args.sample_w,
@@ -97,10 +117,13 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ..distill import distill_guidance, distill_progressive
+    from ..distill import distill_decoder, distill_guidance, distill_progressive
 
     cfg = config_from_args(args)
-    paths = [distill_guidance(cfg)] if args.stage == "guidance" else distill_progressive(cfg)
+    if args.stage == "decoder":
+        paths = [distill_decoder(cfg)]
+    else:
+        paths = [distill_guidance(cfg)] if args.stage == "guidance" else distill_progressive(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # one printout under accelerate launch
         for path in paths:
             print(path)

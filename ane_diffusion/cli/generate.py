@@ -24,6 +24,9 @@ def add_common_options(p, default_output: str, samplers=SAMPLERS, sizes: bool = 
     else:
         p.add_argument("--resize", action="store_true", help="resize the input to the model's image size")
     p.add_argument("--negative-prompt", default="", help="teacher only")
+    p.add_argument("--decoder", choices=("tiny", "full"), default=None,
+                   help="VAE decoder (and encoder): the model's distilled tiny one or its full VAE "
+                        "(default: tiny when the model has one)")
     p.add_argument("--backend", choices=("torch", "coreml"), default="torch")
     p.add_argument("--device", default=None, help="torch device (default: mps, then cuda, then cpu)")
     p.add_argument("--vae-precision", choices=("auto", "float16", "float32"), default="auto",
@@ -67,6 +70,6 @@ def run(args) -> int:
 
     result = generate(args.prompts, model=args.model, backend=args.backend, steps=args.steps, w=args.w,
                       sampler=args.sampler, seed=args.seed, num_images=args.num_images, height=args.height,
-                      width=args.width, negative_prompt=args.negative_prompt, output=args.output,
+                      width=args.width, negative_prompt=args.negative_prompt, decoder=args.decoder, output=args.output,
                       progress=not args.quiet, **backend_options(args))
     return report(result, args)

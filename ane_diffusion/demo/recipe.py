@@ -6,8 +6,9 @@
 Stages: ``data`` (synthetic scenes), ``vae``, ``text`` (the CLIP text encoder, pretrained
 contrastively on the image-caption pairs: see :mod:`ane_diffusion.demo.train_text` for why),
 ``teacher`` (guided teacher bundle on top of that encoder, frozen by default), ``guidance``
-(stage-1 student), ``progressive`` (stage-2 students down to 1 step), ``ship`` (copy into the
-package's assets in float16). Each stage writes its output atomically into the work folder and is
+(stage-1 student), ``progressive`` (stage-2 students down to 1 step), ``decoder`` (stage 3: the
+tiny VAE decoder/encoder, trained on data latents and the 1/2/4-step students' samples), ``ship``
+(copy into the package's assets in float16). Each stage writes its output atomically into the work folder and is
 skipped when that output exists. Every setting and measured figure lands in the bundles' cards and
 in ``WORK/recipe.jsonl`` (the log).
 """
@@ -22,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("data", "vae", "text", "teacher", "guidance", "progressive", "ship")
+STAGES = ("data", "vae", "text", "teacher", "guidance", "progressive", "decoder", "ship")
 OUTPUTS = {"data": "data.npz", "vae": "vae", "text": "text_encoder", "teacher": "teacher", "guidance": "stage1",
-           "progressive": "progressive", "ship": "shipped.json"}
+           "progressive": "progressive", "decoder": "decoder", "ship": "shipped.json"}
 """What each stage writes into the work folder; a stage whose output exists is skipped."""
+DECODER_STUDENTS = ("steps-4", "steps-2", "steps-1")
+"""The students whose samples the tiny decoder trains on: the ones that ship for few-step use."""
 
 
 @dataclass
@@ -52,6 +55,10 @@ class RecipeSettings:
     guidance_updates: int = 1500
     progressive_start_steps: int = 16
     progressive_updates: int = 600
+    decoder_updates: int = 1500
+    decoder_batch: int = 16
+    decoder_lr: float = 1e-3
+    decoder_samples_per_student: int = 1000
     threads: int = 1  # two processes with two threads each on two cores spin-wait: 10x slower
 
 
@@ -192,6 +199,31 @@ class Recipe:
                                                 start_steps=s.progressive_start_steps, target_steps=1))
         (run).rename(self.work / "progressive")
 
+    def decoder(self) -> None:
+        """Stage 3 from the 4-step student (its VAE is every model's VAE). When the work folder lacks
+        the earlier stages, the shipped float16 models stand in (how the shipped tiny decoder was made)."""
+        import dataclasses
+
+        from ..distill import distill_decoder
+
+        s = self.settings
+        models = self.trained_models()
+        if all(name in models for name in DECODER_STUDENTS):
+            model, students = models["steps-4"], [str(models[name]) for name in DECODER_STUDENTS]
+        else:
+            model, students = "demo-4step", [f"demo-{name.split('-')[1]}step" for name in DECODER_STUDENTS]
+            self.log(json.dumps({"stage": "decoder", "note": "earlier stages absent: trained from the shipped "
+                                                             "float16 models"}))
+        run = self.work / "decoder-run"
+        cfg = dataclasses.replace(
+            self.distill_config(model, run, s.decoder_updates), batch_size=s.decoder_batch, lr=s.decoder_lr,
+            warmup=min(100, s.decoder_updates // 10), ema_decay=None, decoder_students=students,
+            samples_per_student=s.decoder_samples_per_student)
+        bundle = distill_decoder(cfg)
+        card = json.loads((bundle / "vae_tiny" / "decoder_card.json").read_text())
+        self.log(json.dumps({"stage": "decoder", "fidelity": card["fidelity"], "parameters": card["parameters"]}))
+        (bundle / "vae_tiny").rename(self.work / "decoder")
+
     def trained_models(self) -> dict:
         """Embedded name (see bundle.EMBEDDED_MODELS) -> the bundle the recipe trained."""
         models = {"teacher": self.work / "teacher", "stage1": self.work / "stage1"}
@@ -209,7 +241,8 @@ class Recipe:
         report = {"float16_check": check_float16(models["steps-4"])}
         self.assets.parent.mkdir(parents=True, exist_ok=True)
         with atomic_directory(self.assets, overwrite=True) as tmp:
-            report["sizes"] = write_embedded(tmp, models)
+            tiny = self.work / "decoder"
+            report["sizes"] = write_embedded(tmp, models, tiny if tiny.is_dir() else None)
         with atomic_file(self.work / "shipped.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         self.log(json.dumps({"stage": "ship", **report}))
@@ -269,7 +302,8 @@ def main(argv=None) -> int:
     if args.smoke:
         settings = RecipeSettings(train_images=256, vae_steps=3, text_steps=3, text_batch=16, teacher_steps=3, guidance_updates=3,
                                   progressive_updates=2, progressive_start_steps=16, distill_images=16,
-                                  distill_batch=4)
+                                  distill_batch=4, decoder_updates=3, decoder_batch=4,
+                                  decoder_samples_per_student=4)
     for item in args.set:
         name, _, value = item.partition("=")
         setattr(settings, name, parse_setting(settings, name, value))

@@ -39,8 +39,9 @@ def _same_weights(a: Path, b: Path) -> bool:
     return ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
 
 
-def write_embedded(root: Path, models: dict) -> dict:
-    """Write the embedded layout into ``root``; returns the size in bytes of each part."""
+def write_embedded(root: Path, models: dict, tiny_decoder: Path | None = None) -> dict:
+    """Write the embedded layout into ``root``; returns the size in bytes of each part.
+    ``tiny_decoder``: a trained ``vae_tiny`` folder (stage 3), shared by every model like the VAE."""
     from ..bundle import EMBEDDED_MODELS, WEIGHT_FILES
 
     missing = sorted(set(EMBEDDED_MODELS.values()) - set(models))
@@ -56,16 +57,27 @@ def write_embedded(root: Path, models: dict) -> dict:
     _half_copy(teacher / "text_encoder", root / "text_encoder")
     _half_copy(teacher / "vae", root / "vae")
     shutil.copytree(teacher / "tokenizer", root / "tokenizer")
+    if tiny_decoder is not None:
+        add_tiny_decoder(root, tiny_decoder)
     shutil.copytree(teacher / "scheduler", root / "scheduler")
     for name, folder in models.items():
         layer = root / "models" / name
         _half_copy(folder / "unet", layer / "unet")
         shutil.copytree(folder / "scheduler", layer / "scheduler")
         shutil.copy(folder / "ane_diffusion.json", layer / "ane_diffusion.json")
-    sizes = {part: _size(root / part) for part in SHARED}
+    sizes = {part: _size(root / part) for part in SHARED + (("vae_tiny",) if tiny_decoder is not None else ())}
     sizes.update({f"models/{name}": _size(root / "models" / name) for name in models})
     sizes["total"] = _size(root)
     return sizes
+
+
+def add_tiny_decoder(root: Path, tiny_decoder: Path) -> Path:
+    """Copy a trained ``vae_tiny`` folder into the embedded layout ``root`` in float16."""
+    target = Path(root) / "vae_tiny"
+    if target.exists():
+        shutil.rmtree(target)
+    _half_copy(Path(tiny_decoder), target)
+    return target
 
 
 def _size(path: Path) -> int:
@@ -100,4 +112,4 @@ def check_float16(bundle_path: Path, steps: int = 4) -> dict:
     return {"psnr_db": round(psnr, 2), "prompts": CHECK_PROMPTS, "steps": steps}
 
 
-__all__ = ["check_float16", "write_embedded"]
+__all__ = ["add_tiny_decoder", "check_float16", "write_embedded"]

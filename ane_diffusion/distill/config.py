@@ -26,7 +26,8 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 (the run folder may have moved, and checkpoint/log frequency does not change the result)."""
 
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim", "guidance_lr_scale"),
-                "progressive": ("start_steps", "target_steps")}
+                "progressive": ("start_steps", "target_steps"),
+                "decoder": ("decoder_students", "feature_weight", "encoder_weight", "samples_per_student")}
 """Fields only one stage reads (left out of the other stage's card)."""
 
 
@@ -63,6 +64,16 @@ class DistillConfig:
     start_steps: Optional[int] = None
     """Steps the stage-2 input model samples in (default: its card's ``steps``)."""
     target_steps: int = 1
+
+    # stage 3 (tiny decoder) only
+    decoder_students: Optional[list] = None
+    """Bundles whose samples the tiny decoder also trains on (default: ``model``; [] for none)."""
+    feature_weight: float = 1.0
+    """Weight of the VAE-encoder feature term (see :mod:`ane_diffusion.distill.decoder`)."""
+    encoder_weight: float = 1.0
+    """Weight of the tiny encoder's latent MSE."""
+    samples_per_student: Optional[int] = None
+    """Student samples per ``decoder_students`` model (default: one per training example)."""
 
     # optimisation (per phase in stage 2)
     updates: int = 1000
@@ -130,6 +141,12 @@ class DistillConfig:
         elif stage == "progressive":
             if self.start_steps is not None:
                 halving_schedule(self.start_steps, self.target_steps)
+        elif stage == "decoder":
+            if self.samples_per_student is not None and self.samples_per_student < 1:
+                raise ValueError(f"--samples-per-student must be >= 1, got {self.samples_per_student}")
+            for name in ("feature_weight", "encoder_weight"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         else:
             raise ValueError(f"unknown stage {stage!r}")
         return self

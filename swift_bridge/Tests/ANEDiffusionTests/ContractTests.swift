@@ -162,4 +162,33 @@ final class ContractTests: XCTestCase {
         try make("UnetChunk2.mlpackage")
         XCTAssertEqual(try export.modelURLs(for: unet).map(\.lastPathComponent), ["UnetChunk1.mlmodelc", "UnetChunk2.mlpackage"])
     }
+
+    /// The contract of an export with a tiny decoder: the `decoders` / `encoders` maps say which
+    /// component is which, and an export from before tiny decoders still parses (full decoder only).
+    func testDecoderChoiceThroughTheContract() throws {
+        let data = try Data(contentsOf: Fixtures.url("contract_tiny_decoder.json"))
+        let tiny = try ExportContract.decode(data)
+        XCTAssertEqual(try tiny.decoderName(), "VAEDecoder")
+        XCTAssertEqual(try tiny.decoder(.tiny).variant, "tiny")
+        XCTAssertEqual(try tiny.decoder(.full).file, "VAEDecoderFull.mlpackage")
+        XCTAssertEqual(try tiny.decoder(.full).variant, "full")
+        XCTAssertEqual(try tiny.encoderName(.tiny), "VAEEncoder")
+        XCTAssertThrowsError(try tiny.encoderName(.full)) {
+            XCTAssertTrue("\($0)".contains("no full encoder"), "\($0)")
+        }
+
+        let old = try decode(try example())
+        XCTAssertNil(old.decoders)
+        XCTAssertEqual(try old.decoder().file, "VAEDecoder.mlpackage")
+        XCTAssertEqual(try old.decoderName(.full), "VAEDecoder")
+        XCTAssertThrowsError(try old.decoder(.tiny)) {
+            XCTAssertTrue("\($0)".contains("no tiny decoder"), "\($0)")
+        }
+
+        var json = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+        json["decoders"] = ["tiny": "VAEDecoder", "full": "VAEDecoderLarge"]
+        XCTAssertEqual(failure(json), "decoders.full: names VAEDecoderLarge, which components does not list")
+        json["decoders"] = ["small": "VAEDecoder"]
+        XCTAssertEqual(failure(json), "decoders.small: unknown variant (expected tiny or full)")
+    }
 }

@@ -21,8 +21,10 @@ extension ExportContract {
 
         let hiddenSize = try validateTextEncoder()
         try validateUnet(hiddenSize: hiddenSize)
-        try validateDecoder()
+        try validateDecoder(components.vaeDecoder, "VAEDecoder")
+        if let full = components.vaeDecoderFull { try validateDecoder(full, "VAEDecoderFull") }
         try validateEncoder()
+        try validateVariants()
     }
 
     /// VAE downsampling factor: image pixels per latent pixel.
@@ -79,17 +81,29 @@ extension ExportContract {
         }
     }
 
-    /// `VAEDecoder`: one input `(1, C, h, w)`, one output `(1, 3, H, W)`.
-    private func validateDecoder() throws {
-        let spec = components.vaeDecoder
+    /// `VAEDecoder` (and an optional `VAEDecoderFull`): one input `(1, C, h, w)`, one output `(1, 3, H, W)`.
+    private func validateDecoder(_ spec: ComponentSpec, _ name: String) throws {
         guard let z = spec.inputs.first else {
-            throw ContractError(field: "components.VAEDecoder.inputs", message: "missing (expected one input)")
+            throw ContractError(field: "components.\(name).inputs", message: "missing (expected one input)")
         }
-        try expect(z.shape, [1] + latentShape, "components.VAEDecoder.inputs.\(z.name).shape")
+        try expect(z.shape, [1] + latentShape, "components.\(name).inputs.\(z.name).shape")
         guard let pixels = spec.outputs.first else {
-            throw ContractError(field: "components.VAEDecoder.outputs", message: "missing (expected one output)")
+            throw ContractError(field: "components.\(name).outputs", message: "missing (expected one output)")
         }
-        try expect(pixels.shape, [1, 3, image.height, image.width], "components.VAEDecoder.outputs.\(pixels.name).shape")
+        try expect(pixels.shape, [1, 3, image.height, image.width], "components.\(name).outputs.\(pixels.name).shape")
+    }
+
+    /// The optional `decoders` / `encoders` maps: keys `tiny` / `full`, each naming a listed component.
+    private func validateVariants() throws {
+        for (field, table) in [("decoders", decoders), ("encoders", encoders)] {
+            guard let table else { continue }
+            for (variant, name) in table.sorted(by: { $0.key < $1.key }) {
+                try require(DecoderChoice(rawValue: variant) != nil && variant != "automatic", "\(field).\(variant)",
+                            "unknown variant (expected tiny or full)")
+                try require(components.named(name) != nil, "\(field).\(variant)",
+                            "names \(name), which components does not list")
+            }
+        }
     }
 
     /// Optional `VAEEncoder`: one input `(1, 3, H, W)`, one output of `C` or `2C` (mean and

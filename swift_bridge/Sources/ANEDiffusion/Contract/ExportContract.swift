@@ -25,9 +25,13 @@ public struct ComponentSpec: Codable, Equatable, Sendable {
     public var chunks: [String]?
     public var inputs: [TensorSpec]
     public var outputs: [TensorSpec]
+    /// Optional, VAE halves only: `"tiny"` (a distilled tiny autoencoder) or `"full"` (the VAE).
+    /// Absent in exports made before tiny decoders: those hold the full VAE.
+    public var variant: String?
 
-    public init(file: String, chunks: [String]? = nil, inputs: [TensorSpec], outputs: [TensorSpec]) {
-        (self.file, self.chunks, self.inputs, self.outputs) = (file, chunks, inputs, outputs)
+    public init(file: String, chunks: [String]? = nil, inputs: [TensorSpec], outputs: [TensorSpec],
+                variant: String? = nil) {
+        (self.file, self.chunks, self.inputs, self.outputs, self.variant) = (file, chunks, inputs, outputs, variant)
     }
 
     public func input(_ name: String) -> TensorSpec? { inputs.first { $0.name == name } }
@@ -78,12 +82,27 @@ public struct ExportContract: Codable, Equatable, Sendable {
         public var unet: ComponentSpec
         public var vaeDecoder: ComponentSpec
         public var vaeEncoder: ComponentSpec?
+        /// Optional: the full VAE decoder kept beside a tiny `VAEDecoder`.
+        public var vaeDecoderFull: ComponentSpec?
 
         enum CodingKeys: String, CodingKey {
             case textEncoder = "TextEncoder"
             case unet = "Unet"
             case vaeDecoder = "VAEDecoder"
             case vaeEncoder = "VAEEncoder"
+            case vaeDecoderFull = "VAEDecoderFull"
+        }
+
+        /// The component a contract name stands for (`VAEDecoder`, `VAEDecoderFull`, ...), if present.
+        public func named(_ name: String) -> ComponentSpec? {
+            switch name {
+            case CodingKeys.textEncoder.rawValue: return textEncoder
+            case CodingKeys.unet.rawValue: return unet
+            case CodingKeys.vaeDecoder.rawValue: return vaeDecoder
+            case CodingKeys.vaeEncoder.rawValue: return vaeEncoder
+            case CodingKeys.vaeDecoderFull.rawValue: return vaeDecoderFull
+            default: return nil
+            }
         }
     }
 
@@ -95,12 +114,17 @@ public struct ExportContract: Codable, Equatable, Sendable {
     public var schedule: ScheduleConfig
     public var tokenizer: Tokenizer
     public var components: Components
+    /// Optional: which component decodes with which decoder, e.g. `{"tiny": "VAEDecoder",
+    /// "full": "VAEDecoderFull"}`. Absent: `VAEDecoder` is the full decoder (see ``decoder(_:)``).
+    public var decoders: [String: String]?
+    /// Optional: which component encodes with which encoder, e.g. `{"tiny": "VAEEncoder"}`.
+    public var encoders: [String: String]?
 
     enum CodingKeys: String, CodingKey {
         case formatVersion = "format_version"
         case model
         case wConvention = "w_convention"
-        case image, latent, schedule, tokenizer, components
+        case image, latent, schedule, tokenizer, components, decoders, encoders
     }
 
     /// Parse and validate a contract; every problem is a ``ContractError`` naming the field.

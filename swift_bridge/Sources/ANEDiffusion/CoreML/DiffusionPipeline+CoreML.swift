@@ -17,11 +17,14 @@ extension DiffusionPipeline {
     ///   - computeUnits: Where the text encoder and UNet run; `.cpuAndNeuralEngine` for the
     ///     ANE-optimised exports.
     ///   - decoderComputeUnits: Where the VAE decoder runs (default: `computeUnits`).
+    ///   - decoder: Which VAE decoder runs: `.automatic` (the export's tiny decoder when it has one,
+    ///     else its full one), `.tiny` or `.full`; chosen through the contract's `decoders` map.
     ///   - reduceMemory: Keep at most one model loaded (load, run, unload each in turn), as
     ///     iPhones need; slower, since every generation loads every model again.
     /// - Throws: ``ContractError`` naming the missing or inconsistent field or file.
     public convenience init(exportFolder url: URL, computeUnits: ComputeUnits = .cpuAndNeuralEngine,
-                            decoderComputeUnits: ComputeUnits? = nil, reduceMemory: Bool = false) throws {
+                            decoderComputeUnits: ComputeUnits? = nil, reduceMemory: Bool = false,
+                            decoder choice: DecoderChoice = .automatic) throws {
         let folder = try ExportFolder(url: url)
         let components = folder.contract.components
         let configuration = computeUnits.configuration()
@@ -31,9 +34,10 @@ extension DiffusionPipeline {
         let textEncoder = try CoreMLTextEncoder(model: try models(components.textEncoder, configuration)[0],
                                                 component: components.textEncoder)
         let unet = try CoreMLUNet(stages: try models(components.unet, configuration), component: components.unet)
+        let decoderSpec = try folder.contract.decoder(choice)
         let decoder = try CoreMLImageDecoder(
-            model: try models(components.vaeDecoder, (decoderComputeUnits ?? computeUnits).configuration())[0],
-            component: components.vaeDecoder)
+            model: try models(decoderSpec, (decoderComputeUnits ?? computeUnits).configuration())[0],
+            component: decoderSpec)
         self.init(configuration: try PipelineConfiguration(contract: folder.contract), tokenizer: try folder.tokenizer(),
                   textEncoder: textEncoder, unet: unet, decoder: decoder, reduceMemory: reduceMemory)
     }

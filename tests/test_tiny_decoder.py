@@ -1,0 +1,181 @@
+"""Stage 3, the tiny decoder: training lowers the decoder error, resume is exact, the tiny decoder
+and encoder convert and verify through the executor, and ``--decoder`` picks (or refuses) one."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ane_diffusion.bundle import resolve_bundle
+from ane_diffusion.decoders import build_tiny, resolve_decoder, tiny_config
+from ane_diffusion.distill import DistillConfig, distill_decoder
+from ane_diffusion.distill.decoder import DECODER_CARD, fidelity
+from ane_diffusion.distill.engine import Engine
+from ane_diffusion.pipeline import GenerationError
+from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
+from ane_diffusion.torch_models import load_components
+
+PROMPT = TINY_CORPUS[0]
+
+
+def write_images(folder, count=8):
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):  # smooth blobs: something a decoder can learn in a few dozen updates
+        yy, xx = np.mgrid[0:16, 0:16] / 15.0
+        image = np.stack([np.sin(3 * xx * rng.uniform(0.5, 2) + c) * 0.5 + 0.5 + 0 * yy for c in range(3)], -1)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"{i}.png")
+        rows.append(json.dumps({"file": f"{i}.png", "caption": TINY_CORPUS[i % len(TINY_CORPUS)]}))
+    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def config(root, output, **overrides):
+    settings = dict(model=str(root / "student"), output=str(output), data=str(root / "images"), updates=24,
+                    batch_size=8, lr=2e-3, warmup=0, checkpoint_every=12, progress=False, log_every=5, seed=0)
+    return DistillConfig(**(settings | overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-decoder")
+    make_tiny_bundle(root / "student", student=True, prediction_type="v_prediction", steps=4)
+    write_images(root / "images")
+    cfg = config(root, root / "run")
+    return root, cfg, distill_decoder(cfg)
+
+
+def test_training_lowers_the_decoder_error(trained):
+    root, cfg, path = trained
+    bundle = resolve_bundle(path)
+    assert bundle.configs["vae_tiny"]["_class_name"] == "AutoencoderTiny"
+    trained_modules = load_components(bundle)
+    torch.manual_seed(cfg.seed)
+    start = build_tiny(tiny_config(bundle.configs["vae"]))  # what training started from (same seed)
+    latents = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    before = fidelity(trained_modules.vae, start, bundle.scaling_factor, latents, "cpu")
+    after = fidelity(trained_modules.vae, trained_modules.vae_tiny, bundle.scaling_factor, latents, "cpu")
+    assert after["decoder_psnr_db"] > before["decoder_psnr_db"] + 3, (before, after)
+    assert after["encoder_latent_rel_rmse"] < before["encoder_latent_rel_rmse"]
+    card = json.loads((path / "vae_tiny" / DECODER_CARD).read_text())
+    assert card["distilled_from"]["vae_of"]["source"] == cfg.model
+    assert card["student_latents_from"] == [cfg.model]
+    assert card["training"]["final_loss"] < card["training"]["initial_loss"]
+    held = card["fidelity"]["student_latents_heldout"]
+    assert held["images"] > 0 and np.isfinite(held["decoder_psnr_db"])
+    assert not list((path / "vae_tiny").glob("*.bin"))  # safetensors only
+
+
+def test_resume_continues_exactly(trained, tmp_path, monkeypatch):
+    root, cfg, path = trained
+    original = Engine._update
+
+    class Killed(Exception):
+        pass
+
+    def dying(self, model, optimizer, scheduler, loss_fn, data, phase, step):
+        if step == 17:  # after the checkpoint at 12: updates 13-17 are lost and redone
+            raise Killed
+        return original(self, model, optimizer, scheduler, loss_fn, data, phase, step)
+
+    killed = config(root, tmp_path / "killed")
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "_update", dying)
+        with pytest.raises(Killed):
+            distill_decoder(killed)
+    assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())["meta"]["update"] == 12
+    resumed = distill_decoder(config(root, tmp_path / "killed", resume=True))
+    from safetensors.torch import load_file
+
+    a = load_file(str(path / "vae_tiny" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "vae_tiny" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0.0, atol=1e-6)
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "ane_diffusion", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_decoder_choice_and_its_errors(trained, tmp_path):
+    root, _, path = trained
+    from ane_diffusion.api import generate, load_pipeline
+
+    pipe = load_pipeline(str(path))
+    tiny = generate(PROMPT, pipeline=pipe, steps=4, seed=3)
+    full = generate(PROMPT, pipeline=pipe, steps=4, seed=3, decoder="full")
+    assert tiny.metadata[0]["decoder"] == "tiny" and full.metadata[0]["decoder"] == "full"
+    a, b = (np.asarray(r.images[0], np.float64) for r in (tiny, full))
+    assert 0 < np.abs(a - b).mean() < 128  # the same latents, two decoders: close but not identical
+    plain = load_pipeline(str(root / "student"))
+    assert resolve_decoder(plain.bundle, None) == "full"
+    with pytest.raises(GenerationError, match="has no tiny decoder"):
+        generate(PROMPT, pipeline=plain, steps=1, decoder="tiny")
+    out = tmp_path / "x.png"
+    proc = run_cli("generate", PROMPT, "--model", root / "student", "--steps", "1", "--decoder", "tiny", "-o", out,
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().count("\n") == 0 and "has no tiny decoder" in proc.stderr
+    from ane_diffusion.api import edit
+
+    edited = edit(root / "images" / "0.png", PROMPT, pipeline=pipe, output=out)  # tiny encoder and decoder
+    from PIL import Image
+
+    assert json.loads(Image.open(out).text["ane_diffusion"])["decoder"] == "tiny"
+    assert edited.metadata[0]["mode"] == "edit"
+
+
+def test_tiny_decoder_converts_and_verifies(trained, tmp_path):
+    root, _, path = trained
+    from ane_diffusion.backends.coreml_backend import load_export_bundle, vae_component
+    from ane_diffusion.bundle import ModelLoadError
+    from ane_diffusion_conversion.runtime import ComponentRunner
+    from ane_diffusion_conversion.convert import convert_bundle
+    from ane_diffusion_conversion.options import ConversionError, ConvertOptions
+    from ane_diffusion_conversion.progress import Progress
+    from ane_diffusion_conversion.verify import verify_export
+
+    out = tmp_path / "export"
+    convert_bundle(ConvertOptions(model=str(path), output=out,
+                                  components="vae_decoder,vae_encoder,vae_decoder_full"),
+                   progress=Progress(enabled=False))
+    contract = json.loads((out / "ane_diffusion_coreml.json").read_text())
+    assert contract["decoders"] == {"tiny": "VAEDecoder", "full": "VAEDecoderFull"}
+    assert contract["encoders"] == {"tiny": "VAEEncoder"}
+    assert contract["components"]["VAEDecoder"]["variant"] == "tiny"
+    report = verify_export(str(path), out, engine="executor",
+                           components=["vae_decoder", "vae_encoder", "vae_decoder_full"])
+    assert report.ok and {r.component for r in report.rows} == {"VAEDecoder", "VAEEncoder", "VAEDecoderFull"}
+    assert all(r.psnr >= 35 for r in report.rows)
+    # the runtime finds each decoder through the contract (what the Core ML backend does)
+    bundle = load_export_bundle(out)
+    assert resolve_decoder(bundle, None) == "tiny" and resolve_decoder(bundle, "full") == "full"
+    with pytest.raises(ModelLoadError, match="no full encoder"):
+        vae_component(contract, "encoder", "full")
+
+    def decode(variant):
+        name = vae_component(contract, "decoder", variant)
+        return ComponentRunner(out, contract, name, "executor").predict({"z": z})["image"]
+
+    z = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32) / bundle.scaling_factor
+    torch_side = load_components(resolve_bundle(path))
+    from ane_diffusion.decoders import tiny_decoder
+
+    with torch.no_grad():
+        want_tiny = tiny_decoder(torch_side.vae_tiny, bundle.scaling_factor)(torch.from_numpy(z)).numpy()
+        want_full = torch_side.vae.decode(torch.from_numpy(z)).sample.numpy()
+    np.testing.assert_allclose(decode("tiny"), want_tiny, atol=0.02)
+    np.testing.assert_allclose(decode("full"), want_full, atol=0.02)
+    # a tiny decoder asked of a bundle without one: one line, nothing written
+    with pytest.raises(ConversionError, match="no tiny decoder"):
+        convert_bundle(ConvertOptions(model=str(root / "student"), output=tmp_path / "none",
+                                      components="vae_decoder", decoder="tiny"), progress=Progress(enabled=False))
+    assert not (tmp_path / "none").exists()
