@@ -1,0 +1,45 @@
+"""webdataset shards as ``img2dataset`` writes them, built by tests and benchmarks themselves."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .factory import TINY_CORPUS
+
+
+def write_shards(folder: Path, shards: int = 4, per_shard: int = 8, size: int = 16, seed: int = 0,
+                 corrupt: tuple = (), no_caption: tuple = (), json_captions: bool = False) -> list[Path]:
+    """``shards`` tar files ``NNNNN.tar`` of ``per_shard`` samples each: key ``SSSSSIIII`` (shard,
+    index), a random ``.jpg`` of ``size`` x ``size``, the caption in ``.txt`` (or only in ``.json``
+    with ``json_captions``) and img2dataset's ``.json``. Keys listed in ``corrupt`` get bytes that
+    are no image; keys in ``no_caption`` get neither ``.txt`` nor a caption in ``.json``.
+    Returns the shard paths; captions cycle through :data:`TINY_CORPUS`."""
+    import webdataset as wds
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for s in range(shards):
+        path = folder / f"{s:05d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(per_shard):
+                key = f"{s:05d}{i:04d}"
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+                caption = TINY_CORPUS[(s * per_shard + i) % len(TINY_CORPUS)]
+                sample = {"__key__": key, "jpg": b"not an image" if key in corrupt else buffer.getvalue()}
+                meta = {"key": key, "status": "success", "width": size, "height": size}
+                if key not in no_caption:
+                    meta["caption"] = caption
+                    if not json_captions:
+                        sample["txt"] = caption
+                sample["json"] = json.dumps(meta)
+                sink.write(sample)
+        paths.append(path)
+    return paths
