@@ -243,3 +243,26 @@ def fuse(unet):
     for module in unet.modules():  # peft leaves the wrapped layers' flags as training set them
         module.requires_grad_(False)
     return unet
+
+
+def student_bundle(base, path: Path, device=None, dtype=None):
+    """``(bundle, components)`` of base bundle ``base`` + the student adapter at ``path``, fused:
+    the adapter's card, the student's scheduler (DDIM, trailing, its parameterisation) and UNet
+    config; text encoder and VAE are the base's. ``device``/``dtype`` as
+    :func:`~ane_diffusion.torch_models.load_components`. Raises :class:`StudentLoraError`."""
+    import dataclasses
+
+    from .distill.models import student_scheduler_config
+    from .torch_models import load_components
+
+    components = load_components(base)
+    unet, card = apply_adapter(components.unet, path)
+    components.unet = unet.eval()
+    for module in components.modules().values():
+        module.to(device or "cpu")
+        if dtype is not None:
+            module.to(dtype=dtype)
+    configs = {**base.configs, "unet": {k: v for k, v in unet.config.items()},
+               "scheduler": student_scheduler_config(base.configs["scheduler"], card.prediction_type)}
+    bundle = dataclasses.replace(base, source=f"{base.source} + {Path(path).name}", configs=configs, card=card)
+    return bundle, components

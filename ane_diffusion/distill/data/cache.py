@@ -49,8 +49,9 @@ def sample_caption(sample: dict):
     return None
 
 
-def decode_sample(sample: dict, size: int) -> tuple[np.ndarray, str]:
-    """``(pixels (3, size, size) float32 in [-1, 1], caption)``; raises DataError naming shard and key."""
+def decode_sample(sample: dict, size: int) -> tuple[np.ndarray, str, str]:
+    """``(pixels (3, size, size) float32 in [-1, 1], caption, key)``; raises DataError naming shard
+    and key."""
     where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
     caption = sample_caption(sample)
     if caption is None:
@@ -59,7 +60,7 @@ def decode_sample(sample: dict, size: int) -> tuple[np.ndarray, str]:
     if data is None:
         raise DataError(f"{where}: no image ({', '.join('.' + e for e in IMAGE_EXTENSIONS)})")
     try:
-        return load_image(io.BytesIO(data), size), caption
+        return load_image(io.BytesIO(data), size), caption, str(sample.get("__key__"))
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError... for broken files
         raise DataError(f"{where}: cannot decode the image ({type(exc).__name__}: {exc})") from None
 
@@ -99,7 +100,8 @@ class ShardEncoder:
         return self.root / f"{Path(shard).stem}-{digest[:16]}"
 
     def chunks(self, shard: str) -> Iterator[tuple]:
-        """The shard's encoded chunks ``(latents (n, C, h, w), embeddings (n, 77, D))``, n <= CHUNK."""
+        """The shard's encoded chunks ``(latents (n, C, h, w), embeddings (n, 77, D), keys (n,))``,
+        n <= CHUNK, in the shard's order (bad samples refused or left out)."""
         folder = self.shard_dir(shard)
         done = folder / DONE
         if done.is_file():
@@ -132,14 +134,15 @@ class ShardEncoder:
 
     def _encode(self, pending: list, folder: Path, index: int) -> tuple:
         torch = self._torch
-        pixels = np.stack([p for p, _ in pending])
+        pixels = np.stack([p for p, _, _ in pending])
+        keys = [k for _, _, k in pending]
         latents = []
         for start in range(0, len(pixels), ENCODE_BATCH):
             batch = torch.from_numpy(pixels[start:start + ENCODE_BATCH]).to(self.device)
             with torch.no_grad():
                 latents.append((self.vae.encode(batch).latent_dist.mean * self.scaling_factor).float().cpu())
         latents = torch.cat(latents)
-        embeddings = encode_texts(self.text_encoder, self.tokenizer, [c for _, c in pending], self.device)
+        embeddings = encode_texts(self.text_encoder, self.tokenizer, [c for _, c, _ in pending], self.device)
         if self.write_cache:
             from safetensors.torch import save_file
 
@@ -147,17 +150,20 @@ class ShardEncoder:
 
             folder.mkdir(parents=True, exist_ok=True)
             with atomic_file(folder / f"{index:05d}.safetensors") as tmp:
-                save_file({"latents": latents.contiguous(), "embeddings": embeddings.contiguous()}, str(tmp))
-        return latents, embeddings
+                save_file({"latents": latents.contiguous(), "embeddings": embeddings.contiguous()}, str(tmp),
+                          metadata={"keys": json.dumps(keys)})
+        return latents, embeddings, keys
 
     def _cached(self, folder: Path, done: dict) -> Iterator[tuple]:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         self.skipped += int(done.get("skipped", 0))
         for index in range(int(done["chunks"])):
             path = folder / f"{index:05d}.safetensors"
             try:
-                tensors = load_file(str(path))
+                with safe_open(str(path), framework="pt") as handle:
+                    keys = json.loads((handle.metadata() or {})["keys"])
+                    latents, embeddings = handle.get_tensor("latents"), handle.get_tensor("embeddings")
             except Exception as exc:  # a damaged cache file: say which, the user deletes the folder
                 raise DataError(f"stream cache {path} is unreadable ({type(exc).__name__}); delete {folder}") from None
-            yield tensors["latents"], tensors["embeddings"]
+            yield latents, embeddings, keys

@@ -95,8 +95,8 @@ class StreamSet:
 
         def samples():
             for shard in shards_for(self.shards, self.seed, epoch, self.rank, self.world):
-                for latents, embeddings in self.encoder.chunks(shard):
-                    yield from zip(latents, embeddings)
+                for latents, embeddings, keys in self.encoder.chunks(shard):
+                    yield from zip(latents, embeddings, keys)
 
         rng = random.Random(f"{self.seed}-{epoch}-{self.rank}")
         return iter(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples()))
@@ -109,7 +109,7 @@ class StreamSet:
                                 f"(epoch {self.position.epoch}, sample {self.position.offset}); were shards removed?")
 
     def next_sample(self) -> tuple:
-        """The next encoded sample ``(latent (C, h, w), embedding (77, D))``; epochs roll over."""
+        """The next encoded sample ``(latent (C, h, w), embedding (77, D), key)``; epochs roll over."""
         if self._iterator is None:
             self._open()
         sample = next(self._iterator, None)
@@ -131,7 +131,7 @@ class StreamSet:
         not used; order comes from the stream's own seed and :attr:`position`."""
         import torch
 
-        latents, embeddings = zip(*(self.next_sample() for _ in range(count)))
+        latents, embeddings, _ = zip(*(self.next_sample() for _ in range(count)))
         cond = torch.stack(embeddings)
         return torch.stack(latents), cond, self.encoder.uncond.expand_as(cond)
 
