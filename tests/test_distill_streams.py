@@ -170,3 +170,16 @@ def test_streamed_stage1_resumes_exactly(tmp_path, shards, monkeypatch):
     card = resolve_bundle(tmp_path / "b" / "student").card
     assert card.training["data"]["kind"] == "shards" and card.training["data"]["shards"] == SHARDS
     assert np.isfinite(card.training["final_loss"])
+
+
+def test_hugging_face_parquet_shards_stream_too(teacher, tmp_path):
+    from ane_diffusion.testing.shards import write_parquet_shards
+
+    write_parquet_shards(tmp_path / "hf", 2, 4, no_caption=("000010002",))
+    with pytest.raises(DataError, match=r"train-00001-of-00002.parquet: sample 000010002: no caption"):
+        keys(StreamSet(str(tmp_path / "hf"), encoder(teacher, tmp_path / "a"), seed=0), 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stream = StreamSet(str(tmp_path / "hf"), encoder(teacher, tmp_path / "b", bad_data="skip"), seed=0)
+        seen = keys(stream, 7)
+    assert sorted(seen) == sorted({f"{s:05d}{i:04d}" for s in range(2) for i in range(4)} - {"000010002"})

@@ -1,4 +1,4 @@
-"""Encoding shards into training tensors, chunk by chunk, with a disk cache (never the whole set in RAM).
+"""Encoding shards (webdataset tars, or Hugging Face ``datasets`` parquet files) into training tensors, chunk by chunk, with a disk cache (never the whole set in RAM).
 
 :class:`ShardEncoder` turns one webdataset shard into chunks of at most :data:`CHUNK` samples:
 ``(latents (n, C, h, w), embeddings (n, 77, D))`` float32 on the CPU -- VAE posterior means x the
@@ -65,8 +65,43 @@ def decode_sample(sample: dict, size: int) -> tuple[np.ndarray, str, str]:
         raise DataError(f"{where}: cannot decode the image ({type(exc).__name__}: {exc})") from None
 
 
+CAPTION_COLUMNS = ("text", "caption")
+"""Caption columns of a Hugging Face datasets parquet shard (the first present is used)."""
+
+
+def _parquet_samples(shard: str) -> Iterator[dict]:
+    """Rows of a Hugging Face ``datasets`` parquet shard (an ``image`` column of {bytes, path} and a
+    ``text`` or ``caption`` column), read with ``datasets`` (streaming), as webdataset-style samples."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{shard}: parquet shards need the datasets package: pip install datasets") from None
+
+    try:
+        rows = datasets.load_dataset("parquet", data_files=[shard], split="train", streaming=True)
+        columns = rows.features or {}
+        if "image" in columns:
+            rows = rows.cast_column("image", datasets.Image(decode=False))
+        for index, row in enumerate(rows):
+            sample = {"__key__": str(row.get("key", f"{index:09d}")), "__url__": shard}
+            image = row.get("image")
+            if isinstance(image, dict) and isinstance(image.get("bytes"), bytes):
+                sample["jpg"] = image["bytes"]  # PIL reads the format from the bytes
+            caption = next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), None)
+            if caption is not None:
+                sample["txt"] = caption.encode("utf-8")
+            yield sample
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow / datasets errors for unreadable files
+        raise DataError(f"{shard}: not a readable parquet shard ({type(exc).__name__}: {exc})") from None
+
+
 def _raw_samples(shard: str) -> Iterator[dict]:
     import webdataset as wds
+
+    if shard.endswith(".parquet"):
+        return _parquet_samples(shard)
 
     def refuse(exc):
         raise DataError(f"{shard}: not a readable tar shard ({type(exc).__name__}: {exc})") from None

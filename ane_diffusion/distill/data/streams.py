@@ -1,8 +1,10 @@
 """Streamed training data: webdataset tar shards (as ``img2dataset`` writes them), never wholly in RAM.
 
 A shard is a tar file of samples ``KEY.jpg|png|webp`` + ``KEY.txt`` (the caption) and/or
-``KEY.json`` (its ``"caption"``), read with the ``webdataset`` library. ``--shards`` names a folder
-(every ``*.tar`` in it) or a brace pattern (``data/{00000..00099}.tar``).
+``KEY.json`` (its ``"caption"``), read with the ``webdataset`` library -- or a Hugging Face
+``datasets`` parquet file (columns ``image`` and ``text`` or ``caption``, as ``push_to_hub`` /
+``to_parquet`` write image-text datasets), read with ``datasets``. ``--shards`` names a folder
+(every ``*.tar`` in it, else every ``*.parquet``) or a brace pattern (``data/{00000..00099}.tar``).
 
 How the stream runs, epoch after epoch (epoch ``e``, process ``r`` of ``N``):
 
@@ -35,7 +37,8 @@ DEFAULT_SHUFFLE_BUFFER = 1000
 
 
 def list_shards(spec: str) -> list[str]:
-    """The shard paths of ``spec``: a folder's ``*.tar`` files (sorted), a brace pattern, or one file.
+    """The shard paths of ``spec``: a folder's ``*.tar`` files (else its ``*.parquet`` files), sorted;
+    a brace pattern; or one file.
 
     Raises :class:`DataError` when nothing matches or a named shard does not exist.
     """
@@ -43,9 +46,9 @@ def list_shards(spec: str) -> list[str]:
 
     path = Path(spec)
     if path.is_dir():
-        shards = sorted(str(p) for p in path.glob("*.tar"))
+        shards = sorted(str(p) for p in path.glob("*.tar")) or sorted(str(p) for p in path.glob("*.parquet"))
         if not shards:
-            raise DataError(f"--shards {spec}: the folder holds no .tar shards")
+            raise DataError(f"--shards {spec}: the folder holds no .tar or .parquet shards")
         return shards
     shards = list(braceexpand(str(spec)))
     missing = [s for s in shards if not Path(s).is_file()]
@@ -113,12 +116,14 @@ class StreamSet:
         if self._iterator is None:
             self._open()
         sample = next(self._iterator, None)
-        if sample is None:
+        if sample is None:  # the epoch is over: the next one, with a new shard order and shuffle
             if self.position.offset == 0:
                 raise DataError(f"--shards {self.spec}: no usable sample for process {self.rank}")
             self.position = StreamPosition(self.position.epoch + 1, 0)
             self._open()
-            return self.next_sample()
+            sample = next(self._iterator, None)
+            if sample is None:
+                raise DataError(f"--shards {self.spec}: no usable sample for process {self.rank}")
         self.position.offset += 1
         self.samples_seen += 1
         return sample
