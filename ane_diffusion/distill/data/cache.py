@@ -87,6 +87,8 @@ def _parquet_samples(shard: str) -> Iterator[dict]:
             image = row.get("image")
             if isinstance(image, dict) and isinstance(image.get("bytes"), bytes):
                 sample["jpg"] = image["bytes"]  # PIL reads the format from the bytes
+            elif isinstance(image, dict) and image.get("path") and Path(image["path"]).is_file():
+                sample["jpg"] = Path(image["path"]).read_bytes()  # rows that point at local files
             caption = next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), None)
             if caption is not None:
                 sample["txt"] = caption.encode("utf-8")
