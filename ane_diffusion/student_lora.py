@@ -76,7 +76,7 @@ def guidance_base(unet, embedding_dim: int):
     return student
 
 
-def add_lora(unet, rank: int, alpha: Optional[float] = None, targets=LORA_TARGETS):
+def add_lora(unet, rank: int, alpha: Optional[float] = None, targets=LORA_TARGETS, seed: int = 0):
     """Inject trainable LoRA adapters (rank ``rank``, scale ``alpha / rank``, default 1) into
     ``unet`` in place; every other weight is frozen except the guidance projection, which trains
     in full. ``unet`` must have the guidance input (``time_cond_proj_dim`` set). Returns ``unet``.
@@ -90,10 +90,17 @@ def add_lora(unet, rank: int, alpha: Optional[float] = None, targets=LORA_TARGET
         raise ValueError(f"--lora-rank must be >= 1, got {rank}")
     if not unet.config.get("time_cond_proj_dim"):
         raise ValueError("a LoRA student needs a UNet with a guidance input (time_cond_proj_dim)")
+    import torch
+
     unet.requires_grad_(False)
     # A = Kaiming-uniform, B = 0 (peft's default): the student starts exactly at the base.
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets),
-                                init_lora_weights=True), adapter_name=ADAPTER_NAME)
+    kind = unet.device.type  # fork (and restore) the generator of the device the weights are drawn on
+    accelerator = kind in ("cuda", "mps")
+    with torch.random.fork_rng(devices=[unet.device] if accelerator else [],
+                               device_type=kind if accelerator else "cuda"):
+        torch.manual_seed(seed)
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets),
+                                    init_lora_weights=True), adapter_name=ADAPTER_NAME)
     guidance = unet.get_submodule(GUIDANCE_LAYER)
     guidance.requires_grad_(True)
     unet._student_lora_base = {GUIDANCE_LAYER: guidance.weight.detach().float().cpu().clone()}

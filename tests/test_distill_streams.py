@@ -140,7 +140,8 @@ class Killed(Exception):
     pass
 
 
-def test_streamed_stage1_resumes_exactly(tmp_path, shards, monkeypatch):
+def test_streamed_lora_stage1_resumes_exactly(tmp_path, shards, monkeypatch):
+    """Stream position, LoRA checkpoint (trainable tensors only) and EMA: resumed == uninterrupted."""
     from ane_diffusion.distill.engine import Engine
     from ane_diffusion.testing import make_tiny_bundle
 
@@ -149,7 +150,8 @@ def test_streamed_stage1_resumes_exactly(tmp_path, shards, monkeypatch):
     def config(output, **extra):
         return DistillConfig(model=str(teacher), output=str(output), shards=str(shards), updates=7, batch_size=3,
                              lr=1e-3, checkpoint_every=3, w_min=0.0, w_max=4.0, guidance_embedding_dim=16,
-                             shuffle_buffer=8, cache_dir=str(tmp_path / "cache"), progress=False, **extra)
+                             shuffle_buffer=8, cache_dir=str(tmp_path / "cache"), progress=False, lora_rank=2,
+                             ema_decay=0.9, **extra)
 
     straight = load_components(resolve_bundle(distill_guidance(config(tmp_path / "a")))).unet.state_dict()
     original = Engine._update
@@ -164,6 +166,10 @@ def test_streamed_stage1_resumes_exactly(tmp_path, shards, monkeypatch):
         distill_guidance(config(tmp_path / "b"))
     state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
     assert state["meta"]["update"] == 3 and state["meta"]["stream"] == [{"epoch": 0, "offset": 9}]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "b" / "checkpoint" / "student.safetensors"))
+    assert saved and all("lora_" in k or "cond_proj" in k for k in saved)  # trainable tensors only
     monkeypatch.setattr(Engine, "_update", original)
     resumed = load_components(resolve_bundle(distill_guidance(config(tmp_path / "b", resume=True)))).unet.state_dict()
     assert all(torch.allclose(straight[k], resumed[k], rtol=0, atol=1e-6) for k in straight)

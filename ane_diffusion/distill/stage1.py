@@ -115,7 +115,7 @@ def distill_guidance(cfg: DistillConfig) -> Path:
         from .. import student_lora
 
         student = student_lora.add_lora(student_lora.guidance_base(components.unet, cfg.guidance_embedding_dim),
-                                        cfg.lora_rank, cfg.lora_alpha).train()
+                                        cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).train()
         teacher = student_lora.BaseView(student)
     else:
         student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)

@@ -175,7 +175,8 @@ def distill_progressive(cfg: DistillConfig) -> list[Path]:
         if cfg.lora_rank:  # one UNet: the teacher is the student's base (adapters off)
             from .. import student_lora
 
-            student = student_lora.add_lora(teacher_unet.float(), cfg.lora_rank, cfg.lora_alpha).train()
+            student = student_lora.add_lora(teacher_unet.float(), cfg.lora_rank, cfg.lora_alpha,
+                                            seed=cfg.seed + index).train()
             teacher = student_lora.BaseView(student)
         else:
             student = trainable_copy(teacher_unet)
