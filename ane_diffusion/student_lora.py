@@ -273,3 +273,13 @@ def student_bundle(base, path: Path, device=None, dtype=None):
                "scheduler": student_scheduler_config(base.configs["scheduler"], card.prediction_type)}
     bundle = dataclasses.replace(base, source=f"{base.source} + {Path(path).name}", configs=configs, card=card)
     return bundle, components
+
+
+def save_student_bundle(base, path: Path, folder: Path, overwrite: bool = False) -> Path:
+    """Write base bundle ``base`` + the student adapter at ``path``, fused, as a complete bundle
+    folder (atomically): what ``convert --student-lora`` converts. Returns ``folder``."""
+    from .torch_models import save_bundle
+
+    bundle, components = student_bundle(base, path)
+    return save_bundle(folder, components, bundle.configs["scheduler"], bundle.tokenizer_files, bundle.card,
+                       overwrite=overwrite)
