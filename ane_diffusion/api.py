@@ -29,9 +29,16 @@ def _write(result: Result, output: Optional[Path]) -> Result:
     return result
 
 
-def load_pipeline(model: Optional[str] = None, backend: str = "torch", **backend_options) -> Pipeline:
-    """Resolve ``model`` (folder, .safetensors file, hub id, or the embedded default) and load it."""
+def load_pipeline(model: Optional[str] = None, backend: str = "torch", student_lora: Optional[str] = None,
+                  **backend_options) -> Pipeline:
+    """Resolve ``model`` (folder, .safetensors file, hub id, or the embedded default) and load it.
+
+    ``student_lora``: a student adapter (``distill --lora-rank``) applied to ``model``, its base
+    (torch backend; see :mod:`ane_diffusion.student_lora`)."""
     from .bundle import DEFAULT_MODEL, ModelLoadError, embedded_coreml
+
+    if student_lora is not None:
+        return _student_lora_pipeline(model, backend, student_lora, **backend_options)
 
     if backend == "coreml" and (model is None or str(model) == DEFAULT_MODEL):
         model = embedded_coreml()
@@ -43,12 +50,25 @@ def load_pipeline(model: Optional[str] = None, backend: str = "torch", **backend
     return Pipeline(bundle, make_backend(backend, bundle, **backend_options))
 
 
+def _student_lora_pipeline(model, backend: str, path, device=None, **options) -> Pipeline:
+    from .backends.torch_backend import TorchBackend, default_dtype, select_device
+    from .student_lora import student_bundle
+
+    if backend != "torch" or options:
+        raise ValueError("--student-lora runs on the torch backend (convert the fused student for Core ML)")
+    target = select_device(device)
+    bundle, components = student_bundle(resolve_bundle(model), Path(path), target, default_dtype(target))
+    return Pipeline(bundle, TorchBackend(bundle, device=device, components=components))
+
+
 def generate(prompts: Sequence[str] | str, model: Optional[str] = None, backend: str = "torch",
              steps: Optional[int] = None, w: Optional[float] = None, sampler: Optional[str] = None,
              seed: int = 0, num_images: int = 1, height: Optional[int] = None, width: Optional[int] = None,
              negative_prompt: str = "", output: Optional[Path] = None, progress: bool = False,
-             pipeline: Optional[Pipeline] = None, decoder: Optional[str] = None, **backend_options) -> Result:
+             pipeline: Optional[Pipeline] = None, decoder: Optional[str] = None,
+             student_lora: Optional[str] = None, **backend_options) -> Result:
     """Text to image. ``w`` is the paper's guidance weight (``guidance_scale = 1 + w``).
+    ``student_lora``: a student adapter applied to ``model`` (see :func:`load_pipeline`).
 
     ``decoder``: ``tiny`` (the model's distilled tiny decoder), ``full`` (its VAE), or None (tiny
     when the model has one); a model without a tiny decoder asked for one raises ``GenerationError``.
@@ -58,7 +78,7 @@ def generate(prompts: Sequence[str] | str, model: Optional[str] = None, backend:
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     num_images = whole_number(num_images, "--num-images", minimum=1)
-    pipeline = pipeline or load_pipeline(model, backend, **backend_options)
+    pipeline = pipeline or load_pipeline(model, backend, student_lora=student_lora, **backend_options)
     settings = Settings(steps=steps, w=w, sampler=sampler, seed=seed, num_images=num_images,
                         height=height, width=width, negative_prompt=negative_prompt, decoder=decoder)
     if output is not None:

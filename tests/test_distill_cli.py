@@ -29,7 +29,7 @@ def run_cli(argv, capsys):
      "--w-min 5.0 is greater than --w-max 2.0"),
     (["progressive", "--student", "s", "--data", "x", "--start-steps", "6", "--target-steps", "4", "-o", "{out}"],
      "--target-steps 4 is not reachable by halving --start-steps 6"),
-    (["guidance", "--teacher", "t", "-o", "{out}"], "exactly one of --data FOLDER or --prompts FILE"),
+    (["guidance", "--teacher", "t", "-o", "{out}"], "exactly one of --data FOLDER, --shards SHARDS or --prompts FILE"),
     (["guidance", "--teacher", "t", "--data", "x", "--updates", "0", "-o", "{out}"], "--updates must be >= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):

@@ -87,3 +87,76 @@ def test_two_process_stage1_run(tmp_path):
         before = loss.loss_at(initial, z, t, cond, uncond, w).item()
         after = loss.loss_at(trained, z, t, cond, uncond, w).item()
     assert after < 0.8 * before, (before, after)
+
+
+STREAM_DRIVER = '''
+import os, sys
+from ane_diffusion.distill.data.streams import StreamSet
+from ane_diffusion.distill.engine import Engine
+
+rank, stop = os.environ["RANK"], int(os.environ.get("STOP_AT", "-1"))
+log = open(os.path.join(os.environ["KEYS_DIR"], f"keys-{rank}.txt"), "a")
+original_sample, original_update = StreamSet.next_sample, Engine._update
+
+def next_sample(self):
+    sample = original_sample(self)
+    log.write(sample[2] + "\\n"); log.flush()
+    return sample
+
+def update(self, model, optimizer, scheduler, loss_fn, data, phase, step):
+    if step == stop:
+        os._exit(17)  # the process dies before this update
+    return original_update(self, model, optimizer, scheduler, loss_fn, data, phase, step)
+
+StreamSet.next_sample, Engine._update = next_sample, update
+from ane_diffusion.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.distributed
+def test_two_processes_stream_every_sample_once_per_epoch_and_resume(tmp_path):
+    """4 shards x 6 samples over 2 processes, batch 2 each: an epoch is 6 updates. The run dies
+    before update 4 (checkpoint at 3: each process 6 samples into its epoch), resumes, and ends at
+    update 9 (epoch 1 half done). Each epoch's samples across the processes are every sample once,
+    and the resumed stream continues exactly where the checkpoint left it."""
+    from ane_diffusion.testing.shards import write_shards
+
+    teacher = make_tiny_bundle(tmp_path / "teacher", prediction_type="v_prediction")
+    write_shards(tmp_path / "shards", 4, 6)
+    driver = tmp_path / "driver.py"
+    driver.write_text(STREAM_DRIVER)
+    output = tmp_path / "run"
+
+    def launch(stop, *extra):
+        keys = tmp_path / f"keys-{'a' if stop >= 0 else 'b'}"
+        keys.mkdir()
+        env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "KEYS_DIR": str(keys),
+                            "STOP_AT": str(stop)}
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), str(driver),
+                   "distill", "guidance", "--teacher", str(teacher), "--shards", str(tmp_path / "shards"),
+                   "--output", str(output), "--updates", "9", "--batch-size", "2", "--lr", "1e-4",
+                   "--guidance-embedding-dim", "16", "--checkpoint-every", "3", "--shuffle-buffer", "4",
+                   "--quiet", *extra]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        return result, [(keys / f"keys-{r}.txt").read_text().split() for r in range(2)]
+
+    died, first = launch(4)
+    assert died.returncode != 0
+    state = json.loads((output / "checkpoint" / "state.json").read_text())["meta"]
+    assert state["update"] == 3 and state["stream"] == [{"epoch": 0, "offset": 6}] * 2
+    finished, second = launch(-1, "--resume")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    streams = [first[r][:6] + second[r] for r in range(2)]  # what each process trained on
+    assert all(len(s) == 18 for s in streams)
+    everything = {f"{s:05d}{i:04d}" for s in range(4) for i in range(6)}
+    epoch0 = streams[0][:12] + streams[1][:12]
+    assert sorted(epoch0) == sorted(everything)  # every sample exactly once in epoch 0
+    epoch1 = streams[0][12:] + streams[1][12:]
+    assert len(set(epoch1)) == 12 and streams[0][:6] != streams[0][12:]
+    final = json.loads((output / "checkpoint" / "state.json").read_text())["meta"]["stream"]
+    assert final == [{"epoch": 1, "offset": 6}] * 2
+    card = resolve_bundle(output / "student").card
+    assert card.training["processes"] == 2 and card.training["data"]["kind"] == "shards"

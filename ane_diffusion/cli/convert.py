@@ -51,6 +51,8 @@ def register(subparsers) -> None:
                         "the full decoder beside a tiny one (VAEDecoderFull)")
     p.add_argument("--force", action="store_true", help="reconvert components the folder already holds")
     p.add_argument("--no-compile", action="store_true", help="macOS: do not compile packages to .mlmodelc")
+    p.add_argument("--student-lora", default=None, metavar="FILE",
+                   help="a student adapter (distill --lora-rank) fused into --model, its base, before converting")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--verbose", action="store_true", help="also show coremltools' own progress bars")
     p.set_defaults(run=run)
@@ -61,6 +63,16 @@ def run(args) -> int:
     from ane_diffusion_conversion.options import ConvertOptions
     from ane_diffusion_conversion.progress import Progress
 
+    if args.student_lora:
+        import tempfile
+
+        from ..bundle import resolve_bundle
+        from ..student_lora import save_student_bundle
+
+        with tempfile.TemporaryDirectory() as scratch:
+            fused = save_student_bundle(resolve_bundle(args.model), Path(args.student_lora), Path(scratch) / "student")
+            args.model, args.student_lora = str(fused), None
+            return run(args)
     options = ConvertOptions(model=args.model, output=args.output, components=args.components,
                              attention=args.attention, precision=args.precision, compress=args.compress,
                              chunk_unet=args.chunk_unet, height=args.height, width=args.width,

@@ -20,8 +20,13 @@ from ..schedule import PREDICTION_TYPES
 
 def _common(p: argparse.ArgumentParser) -> None:
     """Options both stages share: data, optimisation, run control."""
-    data = p.add_argument_group("data (one of --data / --prompts)")
+    data = p.add_argument_group("data (one of --data / --shards / --prompts)")
     data.add_argument("--data", default=None, help="folder with manifest.jsonl or manifest.csv (file, caption)")
+    data.add_argument("--shards", default=None, help="webdataset tar shards, streamed (img2dataset's layout): "
+                      "a folder of .tar files or a pattern like 'data/{00000..00099}.tar'")
+    data.add_argument("--shuffle-buffer", type=int, default=1000, help="--shards: samples in the shuffle buffer")
+    data.add_argument("--bad-data", choices=("refuse", "skip"), default="refuse",
+                      help="--shards: a corrupt image or missing caption stops the run (refuse) or is skipped")
     data.add_argument("--prompts", default=None, help="text file, one prompt a line: train on the model's samples")
     data.add_argument("--cache-dir", default=None, help="latent/embedding cache (default OUTPUT/cache)")
     data.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the model's)")
@@ -40,6 +45,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
     opt.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
     opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--lora-rank", type=int, default=0, metavar="R",
+                     help="train a LoRA student: rank-R adapters (the guidance projection in full); "
+                          "0 = fine-tune the whole UNet (default)")
+    opt.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale alpha/R (default alpha = R)")
     run = p.add_argument_group("run")
     run.add_argument("--output", "-o", required=True, help="run folder (bundles, checkpoint, log.jsonl, cache)")
     run.add_argument("--checkpoint-every", type=int, default=500, help="updates between checkpoints")
@@ -106,12 +115,14 @@ def config_from_args(args):
                         if args.stage == "guidance" else
                         {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})
     return DistillConfig(
-        output=args.output, data=args.data, prompts=args.prompts, cache_dir=args.cache_dir,
+        output=args.output, data=args.data, prompts=args.prompts, cache_dir=args.cache_dir, shards=args.shards,
+        shuffle_buffer=args.shuffle_buffer, bad_data=args.bad_data,
         resolution=args.resolution, sample_steps=args.sample_steps, sample_w=args.sample_w,
         samples_per_prompt=args.samples_per_prompt, updates=args.updates, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm, ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
         **stage_fields)
 

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                                           "(guidance_scale = 1 + w); defaults come from the model card.")
     p.add_argument("prompts", nargs="+", help="one or more prompts")
     add_common_options(p, default_output="image.png", sizes=True)
+    p.add_argument("--student-lora", default=None, metavar="FILE",
+                   help="a student adapter from `distill --lora-rank` (student-lora.safetensors) applied to "
+                        "--model, its base (the teacher, or the stage-1 student for a stage-2 adapter)")
     p.set_defaults(run=run)
 
 
@@ -71,5 +74,5 @@ def run(args) -> int:
     result = generate(args.prompts, model=args.model, backend=args.backend, steps=args.steps, w=args.w,
                       sampler=args.sampler, seed=args.seed, num_images=args.num_images, height=args.height,
                       width=args.width, negative_prompt=args.negative_prompt, decoder=args.decoder, output=args.output,
-                      progress=not args.quiet, **backend_options(args))
+                      progress=not args.quiet, student_lora=args.student_lora, **backend_options(args))
     return report(result, args)

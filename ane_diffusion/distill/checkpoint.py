@@ -5,7 +5,7 @@ A checkpoint is the folder ``OUTPUT/checkpoint`` (replaced atomically each time)
     student.safetensors    the student's weights
     ema.safetensors        EMA weights (when EMA is on)
     optimizer.safetensors  every tensor of the optimizer state, keyed "<param index>.<name>"
-    rng.safetensors        torch's global RNG states (CPU, and CUDA when present)
+    rng.safetensors        torch's global RNG states (CPU, and CUDA / MPS when present)
     state.json             counters, settings, LR-scheduler / grad-scaler state, the optimizer's
                            param groups and non-tensor state, loss history, and each file's size
 
@@ -79,6 +79,8 @@ def rng_states() -> dict:
     states = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         states.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if torch.backends.mps.is_available():
+        states["mps"] = torch.mps.get_rng_state()
     return states
 
 
@@ -89,6 +91,8 @@ def restore_rng_states(states: dict) -> None:
     cuda = [states[k] for k in sorted(k for k in states if k.startswith("cuda_"))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])
 
 
 def _cpu(state: dict) -> dict:

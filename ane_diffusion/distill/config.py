@@ -41,6 +41,14 @@ class DistillConfig:
     """Folder with manifest.jsonl or manifest.csv (images + captions)."""
     prompts: Optional[str] = None
     """Text file, one prompt per line: training latents are sampled from the (guided) model."""
+    shards: Optional[str] = None
+    """webdataset tar shards (a folder of ``*.tar`` or a brace pattern), streamed: see
+    :mod:`ane_diffusion.distill.data.streams`."""
+    shuffle_buffer: int = 1000
+    """Samples in the stream's shuffle buffer (``shards`` only)."""
+    bad_data: str = "refuse"
+    """A bad sample in a shard (corrupt image, no caption): ``refuse`` (stop, naming shard and key)
+    or ``skip`` (warn and go on)."""
     cache_dir: Optional[str] = None
     """Latent and text-embedding cache (default ``OUTPUT/cache``); share it between stages."""
     resolution: Optional[int] = None
@@ -89,6 +97,11 @@ class DistillConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     seed: int = 0
+    lora_rank: int = 0
+    """0: fine-tune the whole UNet; R >= 1: a LoRA student (rank-R adapters on the attention
+    projections, the guidance projection in full; :mod:`ane_diffusion.student_lora`)."""
+    lora_alpha: Optional[float] = None
+    """LoRA scale numerator: adapters add (alpha / rank) B A (default alpha = rank, scale 1)."""
 
     # run control
     checkpoint_every: int = 500
@@ -116,8 +129,12 @@ class DistillConfig:
 
     def check(self, stage: str) -> "DistillConfig":
         """Raise ValueError (one line) for settings that cannot work; returns self."""
-        if (self.data is None) == (self.prompts is None):
-            raise ValueError("give exactly one of --data FOLDER or --prompts FILE")
+        if sum(x is not None for x in (self.data, self.prompts, self.shards)) != 1:
+            raise ValueError("give exactly one of --data FOLDER, --shards SHARDS or --prompts FILE")
+        if self.bad_data not in ("refuse", "skip"):
+            raise ValueError(f"--bad-data must be refuse or skip, got {self.bad_data!r}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"--shuffle-buffer must be >= 1, got {self.shuffle_buffer}")
         positive = {"updates": self.updates, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "checkpoint_every": self.checkpoint_every, "log_every": self.log_every,
                     "sample_steps": self.sample_steps, "samples_per_prompt": self.samples_per_prompt}
@@ -134,6 +151,10 @@ class DistillConfig:
             raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"--mixed-precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.lora_rank < 0:
+            raise ValueError(f"--lora-rank must be >= 0 (0: full fine-tune), got {self.lora_rank}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"--lora-alpha must be positive, got {self.lora_alpha}")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         if stage == "guidance":

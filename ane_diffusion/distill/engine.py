@@ -30,7 +30,8 @@ import numpy as np
 from ..atomic import OutputError
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, restore_rng_states, save_checkpoint
 from .config import DistillConfig
-from .data import TrainingSet, batch_indices, load_training_set
+from .data import TrainingSet, load_training_set
+from .precision import check_precision
 
 LOG_FILE = "log.jsonl"
 RECENT_LOSSES = 50
@@ -66,11 +67,14 @@ class PhaseResult:
 def parameter_groups(model, lr: float, lr_scales: Optional[dict] = None) -> list[dict]:
     """AdamW parameter groups: everything at ``lr``, except parameters whose name starts with a prefix
     of ``lr_scales`` (``{prefix: multiplier}``), which get ``lr x multiplier`` in a group of their own.
-    Empty groups are left out; the order is fixed (the optimizer state of a resumed run matches)."""
+    Frozen parameters (``requires_grad`` False, e.g. a LoRA student's base weights) are left out, and
+    so are empty groups; the order is fixed (the optimizer state of a resumed run matches)."""
     scales = dict(lr_scales or {})
     groups = {prefix: [] for prefix in scales}
     rest = []
     for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
         prefix = next((p for p in scales if name.startswith(p)), None)
         (groups[prefix] if prefix is not None else rest).append(param)
     return [{"params": rest, "lr": lr}] + [{"params": params, "lr": lr * scales[prefix]}
@@ -90,7 +94,7 @@ class EMA:
 
     def __init__(self, model, decay: float):
         self.decay = decay
-        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     def update(self, model, update: int) -> None:
         import torch
@@ -98,7 +102,8 @@ class EMA:
         decay = min(self.decay, (1 + update) / (10 + update))
         with torch.no_grad():
             for name, p in model.named_parameters():
-                self.shadow[name].lerp_(p.detach().float(), 1.0 - decay)
+                if name in self.shadow:
+                    self.shadow[name].lerp_(p.detach().float(), 1.0 - decay)
 
     def load_state_dict(self, state: dict) -> None:
         for name, value in state.items():
@@ -109,7 +114,15 @@ class EMA:
 
         with torch.no_grad():
             for name, p in model.named_parameters():
-                p.copy_(self.shadow[name])
+                if name in self.shadow:
+                    p.copy_(self.shadow[name])
+
+
+def student_state(student) -> dict:
+    """What a checkpoint keeps of the student: every tensor, or a LoRA student's trainable ones."""
+    from ..student_lora import is_lora, trainable_state
+
+    return trainable_state(student) if is_lora(student) else student.state_dict()
 
 
 def check_mixed_precision(mode: str) -> None:
@@ -142,6 +155,7 @@ class Engine:
             raise ValueError(f"{launched} processes were launched but accelerate joined "
                              f"{self.accelerator.num_processes}; without GPUs launch with ACCELERATE_USE_CPU=1 "
                              "accelerate launch --multi_gpu --num_processes N")
+        check_precision(cfg.mixed_precision, self.accelerator.device)  # before anything is written
         self.output = Path(cfg.output)
         self.checkpoint = None
         self._prepare_output()
@@ -176,7 +190,7 @@ class Engine:
     def _prepare_output(self) -> None:
         out, cfg = self.output, self.cfg
         taken = ([p for p in (out / CHECKPOINT_DIR, out / LOG_FILE, out / "student") if p.exists()]
-                 + sorted(out.glob("steps-*"))) if out.is_dir() else []
+                 + sorted(out.glob("steps-*")) + sorted(out.glob("*-lora.safetensors"))) if out.is_dir() else []
         if out.exists() and not out.is_dir():
             raise OutputError(f"--output {out} exists and is not a folder")
         if cfg.resume:
@@ -240,19 +254,53 @@ class Engine:
         return self.checkpoint.meta["phase_index"], self.checkpoint.meta["update"]
 
     # -- data ---------------------------------------------------------------------------------
-    def training_set(self, bundle, components) -> TrainingSet:
-        """Load or build the cached training set; the main process builds, the others then read."""
+    def training_set(self, bundle, components):
+        """The run's batches: a :class:`~.data.streams.StreamSet` for ``--shards`` (this process's
+        share of the stream), else the cached in-memory :class:`TrainingSet` (the main process
+        builds it, the others then read it)."""
         cache = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.output / "cache"
+        if self.cfg.shards is not None:
+            return self._stream(bundle, components, cache)
         with self.accelerator.main_process_first():
             return load_training_set(self.cfg, bundle, components, cache, self.device, write_cache=self.is_main)
 
-    def micro_batch(self, data: TrainingSet, phase_index: int, update: int, micro: int) -> MicroBatch:
+    def _stream(self, bundle, components, cache: Path):
+        from .data import DataError
+        from .data.cache import ShardEncoder
+        from .data.streams import StreamSet
+
+        cfg, acc = self.cfg, self.accelerator
+        size = int(cfg.resolution or bundle.default_size)
+        if size % bundle.vae_scale_factor:
+            raise DataError(f"--resolution {size} is not a multiple of the VAE factor {bundle.vae_scale_factor}")
+        encoder = ShardEncoder(bundle, components, size, self.device, cache, cfg.bad_data)
+        stream = StreamSet(cfg.shards, encoder, cfg.seed, acc.process_index, acc.num_processes, cfg.shuffle_buffer)
+        saved = self.checkpoint.meta.get("stream") if self.checkpoint is not None else None
+        if saved:
+            if len(saved) == acc.num_processes:
+                stream.load_state(saved[acc.process_index])
+            else:  # another process count reads other shards: restart the earliest saved epoch
+                stream.load_state({"epoch": min(s["epoch"] for s in saved), "offset": 0})
+        return stream
+
+    def _stream_states(self, data) -> Optional[list]:
+        """Every process's stream position (a collective: all processes call it), or None."""
+        import torch
+
+        if not hasattr(data, "state"):
+            return None
+        state = data.state()
+        mine = torch.tensor([state["epoch"], state["offset"]], dtype=torch.long, device=self.device)
+        every = self.accelerator.gather(mine).view(-1, 2).tolist()
+        return [{"epoch": int(e), "offset": int(o)} for e, o in every]
+
+    def micro_batch(self, data, phase_index: int, update: int, micro: int) -> MicroBatch:
         """The examples and the random generator of one micro-batch (a pure function of its position)."""
         import torch
 
         acc, cfg = self.accelerator, self.cfg
         position = ((update * cfg.grad_accum + micro) * acc.num_processes + acc.process_index) * cfg.batch_size
-        x0, cond, uncond = data.batch(batch_indices(len(data), cfg.seed, position, cfg.batch_size))
+        x0, cond, uncond = data.micro_batch(position, cfg.batch_size, cfg.seed)
         generator = torch.Generator().manual_seed(
             micro_batch_seed(cfg.seed, phase_index, update, micro, acc.process_index))
         return MicroBatch(x0.to(self.device), cond.to(self.device), uncond.to(self.device), generator, self.device)
@@ -271,6 +319,7 @@ class Engine:
         student = student.to(self.device)
         if cfg.gradient_checkpointing:
             student.enable_gradient_checkpointing()
+        # A LoRA student trains its adapters and guidance projection only (the rest is frozen).
         optimizer = torch.optim.AdamW(parameter_groups(student, cfg.lr, lr_scales), lr=cfg.lr,
                                       weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, cfg.warmup, cfg.updates))
@@ -301,6 +350,7 @@ class Engine:
                              len(logged) / (now - tick))
                 tick, logged = now, []
             if done % cfg.checkpoint_every == 0 or done == cfg.updates:
+                state["stream"] = self._stream_states(data)
                 self._checkpoint(state, done, model, optimizer, scheduler, ema)
         bar.close()
         trained = acc.unwrap_model(model, keep_fp32_wrapper=False)
@@ -337,7 +387,15 @@ class Engine:
 
     def _restore(self, ckpt, student, optimizer, scheduler, ema) -> tuple[int, dict]:
         """Load weights, optimizer, LR schedule, EMA and grad scaler; returns (update, loss history)."""
-        student.load_state_dict(ckpt.student)
+        from ..student_lora import is_lora
+
+        if is_lora(student):  # the checkpoint holds the trainable tensors only
+            names = {name for name, p in student.named_parameters() if p.requires_grad}
+            if set(ckpt.student) != names:
+                raise CheckpointError("the checkpoint's student does not match this LoRA student")
+            student.load_state_dict(ckpt.student, strict=False)
+        else:
+            student.load_state_dict(ckpt.student)
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.lr_scheduler)
         if ema is not None:
@@ -354,9 +412,10 @@ class Engine:
             meta = {"stage": self.stage, "phase_index": state["phase_index"], "label": state["label"],
                     "update": done, "updates": self.cfg.updates, "processes": acc.num_processes,
                     "settings": self.cfg.training_settings(),
-                    "losses": {"initial": state["initial"], "recent": list(state["recent"])}}
+                    "losses": {"initial": state["initial"], "recent": list(state["recent"])},
+                    "stream": state.get("stream")}
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
-            save_checkpoint(self.output / CHECKPOINT_DIR, meta, acc.unwrap_model(model).state_dict(),
+            save_checkpoint(self.output / CHECKPOINT_DIR, meta, student_state(acc.unwrap_model(model)),
                             optimizer.state_dict(), scheduler.state_dict(),
                             ema=ema.shadow if ema is not None else None, grad_scaler=scaler)
         acc.wait_for_everyone()

@@ -30,6 +30,8 @@ from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_sche
 from .targets import guided_target, truncated_snr_weight, weighted_mse
 
 STUDENT_DIR = "student"
+ADAPTER_FILE = "student-lora.safetensors"
+"""A LoRA run's adapter (base: the teacher), beside the fused bundle ``student/``."""
 PHASE_INDEX = 0
 LABEL = "guidance"
 GUIDANCE_INPUT = "time_embedding.cond_proj"
@@ -116,15 +118,28 @@ def distill_guidance(cfg: DistillConfig) -> Path:
     engine = Engine(cfg, LABEL)
     components = load_components(bundle, device=engine.device)
     data = engine.training_set(bundle, components)
-    student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)
-    teacher = freeze(components.unet, engine.half_dtype)
+    if cfg.lora_rank:  # one UNet: the teacher is the student's base (adapters off)
+        from .. import student_lora
+
+        student = student_lora.add_lora(student_lora.guidance_base(components.unet, cfg.guidance_embedding_dim),
+                                        cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).train()
+        teacher = student_lora.BaseView(student)
+    else:
+        student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)
+        teacher = freeze(components.unet, engine.half_dtype)
     loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
                         cfg.guidance_embedding_dim, cfg.w_min, cfg.w_max, engine.autocast)
     result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data,
                                 lr_scales={GUIDANCE_INPUT: cfg.guidance_lr_scale})
     card = guidance_card(bundle, cfg, result.summary, data.summary())
     path = Path(cfg.output) / STUDENT_DIR
-    engine.on_main(save_bundle, path, TorchComponents(components.text_encoder, result.model, components.vae),
+    unet = result.model
+    if cfg.lora_rank:
+        from .. import student_lora
+
+        engine.on_main(student_lora.save_adapter, Path(cfg.output) / ADAPTER_FILE, unet, card)
+        unet = student_lora.fuse(unet)
+    engine.on_main(save_bundle, path, TorchComponents(components.text_encoder, unet, components.vae),
                    student_scheduler_config(bundle.configs["scheduler"], cfg.prediction_type),
                    bundle.tokenizer_files, card, overwrite=True)
     return path

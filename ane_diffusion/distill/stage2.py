@@ -37,6 +37,11 @@ def phase_dir(output: Path, steps: int) -> Path:
     return Path(output) / f"steps-{steps}"
 
 
+def adapter_path(output: Path, steps: int) -> Path:
+    """A LoRA phase's adapter (its base: the previous phase's bundle, or the stage-1 student)."""
+    return Path(output) / f"steps-{steps}-lora.safetensors"
+
+
 def two_step_timesteps(student_steps: int, index, num_train_timesteps: int = 1000):
     """``(t, t', t'')`` int64 arrays for student grid indices ``index`` (B,).
 
@@ -169,14 +174,26 @@ def distill_progressive(cfg: DistillConfig) -> list[Path]:
             continue
         if teacher_unet is None:
             teacher_unet = load_components(resolve_bundle(teacher_source), device=engine.device).unet
-        student = trainable_copy(teacher_unet)
-        teacher = freeze(teacher_unet, engine.half_dtype)
+        if cfg.lora_rank:  # one UNet: the teacher is the student's base (adapters off)
+            from .. import student_lora
+
+            student = student_lora.add_lora(teacher_unet.float(), cfg.lora_rank, cfg.lora_alpha,
+                                            seed=cfg.seed + index).train()
+            teacher = student_lora.BaseView(student)
+        else:
+            student = trainable_copy(teacher_unet)
+            teacher = freeze(teacher_unet, engine.half_dtype)
         loss = ProgressiveLoss(teacher, bundle.schedule, teacher_card.prediction_type,
                                teacher_card.guidance_embedding_dim, steps, teacher_card.w_min, teacher_card.w_max,
                                engine.autocast)
         result = engine.train_phase(index, f"steps-{steps}", student, loss, data)
         card = progressive_card(bundle.card, bundle.source, teacher_card, teacher_source, steps, cfg,
                                 result.summary, data.summary())
+        if cfg.lora_rank:
+            from .. import student_lora
+
+            engine.on_main(student_lora.save_adapter, adapter_path(cfg.output, steps), result.model, card)
+            result.model = student_lora.fuse(result.model)
         engine.on_main(save_bundle, path, TorchComponents(components.text_encoder, result.model, components.vae),
                        scheduler_config, bundle.tokenizer_files, card, overwrite=True)
         paths.append(path)

@@ -81,6 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher", type=Path, help="guided teacher bundle")
     parser.add_argument("--stage1", type=Path, help="stage-1 (guidance-distilled) student bundle")
     parser.add_argument("--progressive", type=Path, help="folder with steps-8, steps-4, steps-2, steps-1 bundles")
+    parser.add_argument("--stage1-lora", type=Path, help="a LoRA stage-1 student bundle (distill --lora-rank): "
+                        "rows 'stage-1 LoRA N' beside the full fine-tune's")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"),
                         help="output folder (default: %(default)s)")
     parser.add_argument("--w", type=float, help="guidance weight (guidance_scale = 1 + w); default: the "
@@ -109,8 +111,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.teacher = args.teacher or args.models / "teacher"
         args.stage1 = args.stage1 or args.models / "stage1"
         args.progressive = args.progressive or args.models / "progressive"
-    if not (args.teacher or args.stage1 or args.progressive):
-        parser.error("give --models DIR or at least one of --teacher / --stage1 / --progressive")
+    if not (args.teacher or args.stage1 or args.progressive or args.stage1_lora):
+        parser.error("give --models DIR or at least one of --teacher / --stage1 / --progressive / --stage1-lora")
     if args.num_prompts < 1 or args.images_per_prompt < 1:
         parser.error("--num-prompts and --images-per-prompt must be >= 1")
     return args
@@ -119,7 +121,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def plan_rows(args: argparse.Namespace) -> tuple[list[RowSpec], list[str]]:
     """The rows to run, in table order, and one note per thing that is missing."""
     rows, missing = [], []
-    for model, path in (("teacher", args.teacher), ("stage-1", args.stage1)):
+    for model, path in (("teacher", args.teacher), ("stage-1", args.stage1),
+                        ("stage-1 LoRA", getattr(args, "stage1_lora", None))):
+        if path is None and model == "stage-1 LoRA":
+            continue
         if path is None:
             missing.append(f"{model}: no bundle given; rows skipped")
         elif not Path(path).is_dir():
@@ -443,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine,
         "versions": versions,
         "settings": {"teacher": _str(args.teacher), "stage1": _str(args.stage1),
+                     "stage1_lora": _str(getattr(args, "stage1_lora", None)),
                      "progressive": _str(args.progressive), "w": w, "sampler": "ddim",
                      "num_prompts": args.num_prompts, "images_per_prompt": ipp, "seed": args.seed,
                      "teacher_steps": list(args.teacher_steps), "progressive_steps": list(args.progressive_steps),

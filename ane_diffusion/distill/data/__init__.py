@@ -199,10 +199,10 @@ def sample_latents(bundle, components, cond, uncond, w: float, steps: int, seed:
     """
     import torch
 
-    from ..backends.torch_backend import TorchBackend
-    from ..pipeline import Pipeline, Timings
-    from ..samplers import sample_ddim
-    from ..schedule import trailing_timesteps
+    from ...backends.torch_backend import TorchBackend
+    from ...pipeline import Pipeline, Timings
+    from ...samplers import sample_ddim
+    from ...schedule import trailing_timesteps
 
     backend = TorchBackend(bundle, device=str(device), dtype=next(components.unet.parameters()).dtype,
                            components=components)
@@ -265,6 +265,11 @@ class TrainingSet:
         cond = self.embeddings[self.caption_index[index]]
         return self.latents[index], cond, self.uncond.expand_as(cond)
 
+    def micro_batch(self, position: int, count: int, seed: int):
+        """The engine's batch interface: examples ``position .. position+count-1`` of the seeded
+        endless stream (:func:`batch_indices`), as :meth:`batch` returns them."""
+        return self.batch(batch_indices(len(self), seed, position, count))
+
     def summary(self) -> dict:
         return {"source": self.source, "examples": len(self), "captions": int(self.embeddings.shape[0]),
                 "cache_key": self.key}
@@ -272,7 +277,7 @@ class TrainingSet:
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        from ..atomic import atomic_file
+        from ...atomic import atomic_file
 
         tensors = {"latents": self.latents, "caption_index": self.caption_index,
                    "embeddings": self.embeddings, "uncond": self.uncond}
