@@ -37,9 +37,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="text to image",
                               description="Generate images from text. w is the paper's guidance weight "
                                           "(guidance_scale = 1 + w); defaults come from the model card.")
-    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    p.add_argument("prompts", nargs="*", help="one or more prompts (none with --from-png)")
     add_common_options(p, default_output="image.png", sizes=True)
-    p.set_defaults(run=run)
+    p.add_argument("--from-png", type=Path, default=None, metavar="FILE",
+                   help="re-run an image from its metadata (ours, or the 'parameters' chunk of the Stable "
+                        "Diffusion UIs); options given here override it")
+    p.set_defaults(run=run, _parser=p)
 
 
 def backend_options(args) -> dict:
@@ -56,9 +59,30 @@ def report(result, args) -> int:
     return 0
 
 
+FROM_PNG_FIELDS = ("negative_prompt", "seed", "steps", "w", "sampler", "height", "width", "model")
+
+
+def apply_png_settings(args) -> None:
+    """Fill ``args`` from ``--from-png``: every field the PNG holds, unless the command line set
+    it to something other than its default (or gave prompts)."""
+    from ..images import read_settings
+
+    settings = read_settings(args.from_png)
+    parser = args._parser
+    for name in FROM_PNG_FIELDS:
+        if name in settings and settings[name] is not None and getattr(args, name) == parser.get_default(name):
+            setattr(args, name, settings[name])
+    if not args.prompts:
+        args.prompts = [settings.get("prompt", "")]
+
+
 def run(args) -> int:
     from ..api import generate
 
+    if getattr(args, "from_png", None) is not None:
+        apply_png_settings(args)
+    if not args.prompts:
+        raise ValueError("no prompt given (pass one or more prompts, or --from-png FILE)")
     result = generate(args.prompts, model=args.model, backend=args.backend, steps=args.steps, w=args.w,
                       sampler=args.sampler, seed=args.seed, num_images=args.num_images, height=args.height,
                       width=args.width, negative_prompt=args.negative_prompt, output=args.output,
