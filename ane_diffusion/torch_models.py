@@ -50,15 +50,9 @@ def build_from_configs(configs: dict) -> TorchComponents:
 
 
 def _load_original_single_file(bundle: Bundle) -> TorchComponents:
-    from diffusers import StableDiffusionPipeline
+    from .loaders.original import load_components as load_original
 
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(str(bundle.single_file), local_files_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"{bundle.single_file}: cannot convert this original Stable Diffusion "
-                             f"checkpoint offline ({type(exc).__name__}); convert it to a diffusers "
-                             "folder on a machine with hub access") from None
-    return TorchComponents(pipe.text_encoder, pipe.unet, pipe.vae)
+    return load_original(bundle)
 
 
 def load_components(bundle: Bundle, device=None, dtype=None) -> TorchComponents:
