@@ -28,8 +28,13 @@ def _write(result: Result, output: Optional[Path]) -> Result:
     return result
 
 
-def load_pipeline(model: Optional[str] = None, backend: str = "torch", **backend_options) -> Pipeline:
-    """Resolve ``model`` (folder, .safetensors file, hub id, or the embedded default) and load it."""
+def load_pipeline(model: Optional[str] = None, backend: str = "torch", loras: Sequence = (),
+                  **backend_options) -> Pipeline:
+    """Resolve ``model`` (folder, .safetensors file, hub id, or the embedded default) and load it.
+
+    ``loras``: ``"FILE[:SCALE]"`` strings (or :class:`ane_diffusion.loaders.lora.LoraSpec`), fused
+    into the weights (torch backend). :func:`generate`, :func:`edit` and :func:`inpaint` pass a
+    ``loras=`` keyword through to here."""
     from .bundle import DEFAULT_MODEL, ModelLoadError, embedded_coreml
 
     if backend == "coreml" and (model is None or str(model) == DEFAULT_MODEL):
@@ -37,6 +42,10 @@ def load_pipeline(model: Optional[str] = None, backend: str = "torch", **backend
         if not model.is_dir():
             raise ModelLoadError("the embedded Core ML export is not installed; pass --model EXPORT_DIR")
     bundle = resolve_bundle(model)
+    if loras:
+        from .loaders.lora import with_loras
+
+        bundle = with_loras(bundle, loras)
     if "coreml_contract" in bundle.extra and backend != "coreml":
         raise ModelLoadError(f"{model} is a Core ML export folder: use --backend coreml")
     return Pipeline(bundle, make_backend(backend, bundle, **backend_options))

@@ -74,6 +74,10 @@ def load_components(bundle: Bundle, device=None, dtype=None) -> TorchComponents:
             for name, module in components.modules().items():
                 path = bundle.weights_path(name)
                 _load_state(module, load_file(str(path)), str(path))
+    if bundle.extra.get("loras"):  # --lora: fused into the weights (ane_diffusion.loaders.lora)
+        from .loaders.lora import fuse_loras
+
+        fuse_loras(components, bundle.extra["loras"])
     for module in components.modules().values():
         module.eval().requires_grad_(False)
         module.to(device or "cpu")

@@ -31,6 +31,14 @@ def add_common_options(p, default_output: str, samplers=SAMPLERS, sizes: bool = 
     p.add_argument("--output", "-o", type=Path, default=Path(default_output),
                    help="PNG path (numbered when several images) or an existing folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or timings")
+    add_lora_option(p)
+
+
+def add_lora_option(p) -> None:
+    """``--lora FILE[:SCALE]``, repeatable (generate, edit, inpaint, convert)."""
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a LoRA .safetensors (kohya or diffusers/peft layout) fused into the model at SCALE "
+                        "(default 1); repeat for several")
 
 
 def register(subparsers) -> None:
@@ -46,9 +54,10 @@ def register(subparsers) -> None:
 
 
 def backend_options(args) -> dict:
+    loras = {"loras": args.lora} if getattr(args, "lora", None) else {}
     if args.backend == "torch":
-        return {"device": args.device}
-    return {"compute_units": args.compute_units}
+        return {"device": args.device} | loras
+    return {"compute_units": args.compute_units} | loras
 
 
 def report(result, args) -> int:
@@ -74,6 +83,8 @@ def apply_png_settings(args) -> None:
             setattr(args, name, settings[name])
     if not args.prompts:
         args.prompts = [settings.get("prompt", "")]
+    if not args.lora and settings.get("loras"):  # ours: the LoRA files the image was made with
+        args.lora = [f"{lora['path']}:{lora['scale']}" for lora in settings["loras"]]
 
 
 def run(args) -> int:
