@@ -7,7 +7,8 @@ from typing import Optional
 import numpy as np
 
 from ..guidance import torch_guidance_embedding
-from ..torch_models import load_components, require_torch
+from ..torch_models import import_torch as require_torch
+from ..torch_models import load_components
 
 
 def select_device(preference: Optional[str] = None):
@@ -31,12 +32,18 @@ def default_dtype(device):
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, bundle, device: Optional[str] = None, dtype=None, components=None):
+    def __init__(self, bundle, device: Optional[str] = None, dtype=None, components=None,
+                 threads: Optional[int] = None):
+        """``threads``: torch CPU threads; None applies :func:`ane_diffusion.threads.planned_threads`
+        (``ANE_DIFFUSION_THREADS``, else one thread for small models, else torch's default)."""
+        from ..threads import apply_thread_policy
+
         self.torch = require_torch()
+        self.threads = apply_thread_policy(self.torch, bundle, threads)
         self.device = select_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.bundle = bundle
-        self.components = components or load_components(bundle, self.device, self.dtype)
+        self.components = components or load_components(bundle, self.device, self.dtype, lean=True)
         self.guidance_dim = self.components.unet.config.get("time_cond_proj_dim")
 
     def _tensor(self, array, dtype=None):

@@ -26,6 +26,9 @@ def add_common_options(p, default_output: str, samplers=SAMPLERS, sizes: bool = 
     p.add_argument("--negative-prompt", default="", help="teacher only")
     p.add_argument("--backend", choices=("torch", "coreml"), default="torch")
     p.add_argument("--device", default=None, help="torch device (default: mps, then cuda, then cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 for small models such as the embedded one, else torch's; "
+                        "env ANE_DIFFUSION_THREADS)")
     p.add_argument("--compute-units", default="ALL", choices=("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"),
                    help="Core ML compute units (macOS)")
     p.add_argument("--output", "-o", type=Path, default=Path(default_output),
@@ -56,7 +59,8 @@ def register(subparsers) -> None:
 def backend_options(args) -> dict:
     loras = {"loras": args.lora} if getattr(args, "lora", None) else {}
     if args.backend == "torch":
-        return {"device": args.device} | loras
+        threads = {"threads": args.threads} if getattr(args, "threads", None) is not None else {}
+        return {"device": args.device} | threads | loras
     return {"compute_units": args.compute_units} | loras
 
 
