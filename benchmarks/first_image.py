@@ -61,8 +61,8 @@ def import_seconds(importtime_stderr: str) -> float:
 def one_round(tree: Path, model: str, threads: str, out: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1")
     env.pop("OMP_NUM_THREADS", None)
-    if threads != "auto":
-        env["ANE_DIFFUSION_THREADS"] = threads
+    if threads != "auto":  # both, so that a tree without the policy (before it) obeys too
+        env["ANE_DIFFUSION_THREADS"] = env["OMP_NUM_THREADS"] = threads
     generate = ["-m", "ane_diffusion", "generate", PROMPT, "--model", model, "-o", str(out)]
     startup, _ = _run([sys.executable, "-c", "pass"], env)
     torch_import, _ = _run([sys.executable, "-c", "import torch"], env)
