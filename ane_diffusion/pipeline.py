@@ -215,7 +215,7 @@ class Pipeline:
 
     def _lora_metadata(self) -> dict:
         loras = self.bundle.extra.get("loras")
-        return {"loras": [{"name": r["lora"], "path": r["path"], "scale": r["scale"], "sha256": r["sha256"]}
+        return {"loras": [{"name": r["lora"], "path": r["source"], "scale": r["scale"], "sha256": r["sha256"]}
                           for r in loras]} if loras else {}
 
 

@@ -12,7 +12,7 @@ Files come in two common layouts, both read by diffusers' own loader
 Several LoRAs combine as a weighted sum (diffusers' ``set_adapters``); the sum is fused into the
 base weights (``fuse_lora``) and the adapter layers are removed, so generation, editing and
 Core ML conversion see plain modules with no runtime cost. Each LoRA used is recorded by name,
-scale and SHA-256 in the bundle's card (``lineage``), hence in an export's contract, and in every
+scale and SHA-256 in the bundle's card (``lineage``, entries of kind ``lora``), hence in an export's contract, and in every
 generated image's metadata.
 """
 
@@ -79,7 +79,7 @@ def with_loras(bundle: Bundle, loras) -> Bundle:
         what = not_a_checkpoint(shapes)
         if not (what or "").startswith("a LoRA"):
             raise ModelLoadError(f"--lora {spec.path} is not a LoRA (it is {what or 'a whole checkpoint'})")
-        records.append({"lora": spec.name, "path": str(spec.path), "scale": spec.scale,
+        records.append({"source": str(spec.path), "kind": "lora", "lora": spec.name, "scale": spec.scale,
                         "sha256": _sha256(spec.path)})
     card = replace(bundle.card, lineage=list(bundle.card.lineage) + records,
                    description=(bundle.card.description + " + " if bundle.card.description else "")
@@ -105,7 +105,7 @@ def load_adapters(components, loras: list) -> list:
     for i, lora in enumerate(loras):
         name = f"lora{i}"
         try:
-            state, alphas = StableDiffusionPipeline.lora_state_dict(str(lora["path"]))
+            state, alphas = StableDiffusionPipeline.lora_state_dict(lora["source"])
             unet_part = {k: v for k, v in state.items() if k.startswith("unet.")}
             touched = 0
             if unet_part:
@@ -115,10 +115,10 @@ def load_adapters(components, loras: list) -> list:
         except ModelLoadError:
             raise
         except Exception as exc:
-            raise ModelLoadError(f"--lora {lora['path']} does not fit this model "
+            raise ModelLoadError(f"--lora {lora['source']} does not fit this model "
                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
         if not touched:
-            raise ModelLoadError(f"--lora {lora['path']} matches no layer of this model")
+            raise ModelLoadError(f"--lora {lora['source']} matches no layer of this model")
         names.append(name)
     scales = [float(lora["scale"]) for lora in loras]
     if getattr(components.unet, "peft_config", None):
