@@ -117,12 +117,19 @@ def test_a_checkpoint_given_as_lora_is_one_line_error(setup, tiny_teacher, tmp_p
     assert err.startswith("error: --lora") and "not found" in err and "\n" not in err
 
 
-def test_convert_records_the_lora_in_the_contract(setup, tiny_teacher, tmp_path):
-    _, _, folder, _ = setup
+def test_convert_an_original_file_with_a_lora_records_it_in_the_contract(tmp_path):
+    """One conversion covers both whole-model paths: an original-layout file, and a LoRA fused first."""
+    from ane_diffusion.testing.original_layout import make_original_checkpoint
+
+    checkpoint = tmp_path / "sd1.safetensors"
+    source = make_original_checkpoint(checkpoint, "sd1")
+    make_lora(tmp_path / "style.safetensors", lora_targets(source), layout="peft")
     out = tmp_path / "export"
-    assert main(["convert", "--model", str(tiny_teacher), "-o", str(out), "--components", "text_encoder",
-                 "--lora", f"{folder / 'peft.safetensors'}:0.6", "--quiet", "--no-compile"]) == 0
+    assert main(["convert", "--model", str(checkpoint), "-o", str(out), "--components", "text_encoder",
+                 "--lora", f"{tmp_path / 'style.safetensors'}:0.6", "--quiet", "--no-compile"]) == 0
     contract = json.loads((out / "ane_diffusion_coreml.json").read_text())
     lora = contract["model"]["lineage"][-1]
-    assert (lora["lora"], lora["scale"]) == ("peft.safetensors", 0.6) and len(lora["sha256"]) == 64
-    assert "LoRA peft.safetensors x0.6" in contract["model"]["description"]
+    assert (lora["kind"], lora["lora"], lora["scale"]) == ("lora", "style.safetensors", 0.6)
+    assert len(lora["sha256"]) == 64 and "LoRA style.safetensors x0.6" in contract["model"]["description"]
+    assert contract["converter"]["source_configs"]["text_encoder"]["vocab_size"] == 49408
+    assert json.loads((out / "vocab.json").read_text())["<|endoftext|>"] == 49407
