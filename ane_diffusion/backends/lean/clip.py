@@ -80,6 +80,7 @@ class TextEncoder(nn.Module):
         self.final_layer_norm = nn.LayerNorm(dim, eps=float(config.get("layer_norm_eps", 1e-5)))
 
     def forward(self, input_ids, **_):
+        """input_ids (B, L) int64 -> ``(last_hidden_state (B, L, hidden_size),)``; causal attention."""
         h = self.embeddings(input_ids)
         for layer in self.encoder.layers:
             h = layer(h)

@@ -101,6 +101,8 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(channels[0], int(c.get("out_channels", 4)), 3, padding=1)
 
     def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, **_):
+        """sample (B, C_in, h, w), timestep int or (B,) / (1,), encoder_hidden_states (B, 77, D),
+        timestep_cond (B, time_cond_proj_dim) or None -> ``.sample`` (B, C_out, h, w), the input's dtype."""
         c = self.config
         t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=sample.device)
         t = t.reshape(-1).expand(sample.shape[0])

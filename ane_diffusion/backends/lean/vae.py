@@ -95,8 +95,10 @@ class VAE(nn.Module):
         self.post_quant_conv = nn.Conv2d(latent, latent, 1)
 
     def encode(self, x):
+        """images (B, 3, H, W) in [-1, 1] -> ``.latent_dist.mean`` (B, latent_channels, H/f, W/f), unscaled."""
         moments = self.quant_conv(self.encoder(x))
         return SimpleNamespace(latent_dist=SimpleNamespace(mean=moments[:, :moments.shape[1] // 2]))
 
     def decode(self, z):
+        """latents (B, latent_channels, h, w), already divided by the scaling factor -> ``.sample`` (B, 3, h*f, w*f)."""
         return SimpleNamespace(sample=self.decoder(self.post_quant_conv(z)))
