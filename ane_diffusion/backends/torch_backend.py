@@ -35,11 +35,15 @@ class TorchBackend:
     def __init__(self, bundle, device: Optional[str] = None, dtype=None, components=None,
                  threads: Optional[int] = None):
         """``threads``: torch CPU threads; None applies :func:`ane_diffusion.threads.planned_threads`
-        (``ANE_DIFFUSION_THREADS``, else one thread for small models, else torch's default)."""
+        (``ANE_DIFFUSION_THREADS``, else one thread for small models, else torch's default) when the
+        backend loads the bundle itself. Given ``components`` (training, benchmarks), the caller's
+        thread setting is left alone unless ``threads`` is given."""
         from ..threads import apply_thread_policy
 
         self.torch = require_torch()
-        self.threads = apply_thread_policy(self.torch, bundle, threads)
+        if components is None or threads is not None:
+            apply_thread_policy(self.torch, bundle, threads)
+        self.threads = self.torch.get_num_threads()
         self.device = select_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.bundle = bundle
