@@ -29,15 +29,21 @@ def _write(result: Result, output: Optional[Path]) -> Result:
     return result
 
 
-def load_pipeline(model: Optional[str] = None, backend: str = "torch", student_lora: Optional[str] = None,
-                  **backend_options) -> Pipeline:
+def load_pipeline(model: Optional[str] = None, backend: str = "torch", loras: Sequence = (),
+                  student_lora: Optional[str] = None, **backend_options) -> Pipeline:
     """Resolve ``model`` (folder, .safetensors file, hub id, or the embedded default) and load it.
 
+    ``loras``: ``"FILE[:SCALE]"`` strings (or :class:`ane_diffusion.loaders.lora.LoraSpec`), fused
+    into the weights (torch backend). :func:`generate`, :func:`edit` and :func:`inpaint` pass a
+    ``loras=`` keyword through to here.
     ``student_lora``: a student adapter (``distill --lora-rank``) applied to ``model``, its base
-    (torch backend; see :mod:`ane_diffusion.student_lora`)."""
+    (torch backend; see :mod:`ane_diffusion.student_lora`); not combined with ``loras``."""
     from .bundle import DEFAULT_MODEL, ModelLoadError, embedded_coreml
 
     if student_lora is not None:
+        if loras:
+            raise ValueError("--student-lora and --lora cannot be combined: fuse the student first "
+                             "(convert --student-lora, or distill's fused student bundle), then add --lora")
         return _student_lora_pipeline(model, backend, student_lora, **backend_options)
 
     if backend == "coreml" and (model is None or str(model) == DEFAULT_MODEL):
@@ -45,6 +51,10 @@ def load_pipeline(model: Optional[str] = None, backend: str = "torch", student_l
         if not model.is_dir():
             raise ModelLoadError("the embedded Core ML export is not installed; pass --model EXPORT_DIR")
     bundle = resolve_bundle(model)
+    if loras:
+        from .loaders.lora import with_loras
+
+        bundle = with_loras(bundle, loras)
     if "coreml_contract" in bundle.extra and backend != "coreml":
         raise ModelLoadError(f"{model} is a Core ML export folder: use --backend coreml")
     return Pipeline(bundle, make_backend(backend, bundle, **backend_options))

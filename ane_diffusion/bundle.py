@@ -8,7 +8,8 @@ A bundle is resolved from one of:
   error rather than a traceback);
 * a single-file ``.safetensors`` checkpoint: this project's own single-file format (every
   component's weights under a prefix, configs and tokenizer in the header metadata), or an
-  original Stable Diffusion checkpoint, which diffusers converts when its configs are reachable.
+  original-layout Stable Diffusion 1.x/2.x checkpoint, converted offline from configs and a
+  tokenizer the package ships (:mod:`ane_diffusion.loaders.original`).
 * the name ``default`` (or nothing): the embedded demo model shipped inside the package, its
   4-step student; ``demo-teacher``, ``demo-stage1``, ``demo-8step``, ``demo-2step`` and
   ``demo-1step`` name the other embedded models (see :data:`EMBEDDED_MODELS`).
@@ -92,7 +93,11 @@ class Bundle:
     def tokenizer(self):
         from .tokenizer import CLIPTokenizer
 
-        return CLIPTokenizer.from_strings(self.tokenizer_files["vocab.json"], self.tokenizer_files["merges.txt"])
+        special = json.loads(self.tokenizer_files.get("special_tokens_map.json") or "{}")
+        pad = special.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad  # SD 2.x pads with "!", not <|endoftext|>
+        return CLIPTokenizer.from_strings(self.tokenizer_files["vocab.json"], self.tokenizer_files["merges.txt"],
+                                          pad_token=pad)
 
 
 def _read_json(path: Path) -> dict:
@@ -144,6 +149,9 @@ def load_folder(folder: Path, source: Optional[str] = None, layer: Optional[Path
         if not path.exists():
             raise ModelLoadError(f"model folder is missing tokenizer/{name}")
         tokenizer_files[name] = path.read_text(encoding="utf-8")
+    special = where("tokenizer") / "tokenizer" / "special_tokens_map.json"
+    if special.is_file():
+        tokenizer_files[special.name] = special.read_text(encoding="utf-8")
     card_folder = layer if layer is not None and (layer / CARD_NAME).exists() else folder
     return Bundle(source=source or str(layer or folder), configs=configs, card=_load_card(card_folder, configs),
                   tokenizer_files=tokenizer_files, root=folder, component_dirs=dirs)
@@ -159,8 +167,9 @@ def load_single_file(path: Path) -> Bundle:
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from None
     if SINGLE_FILE_KEY not in metadata:
-        return Bundle(source=str(path), configs={}, card=ModelCard(), tokenizer_files={},
-                      single_file=Path(path), extra={"original_sd": True})
+        from .loaders.original import original_bundle, read_header
+
+        return original_bundle(Path(path), *read_header(path))
     payload = json.loads(metadata[SINGLE_FILE_KEY])
     try:
         card = ModelCard.from_dict(payload["card"])

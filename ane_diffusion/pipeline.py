@@ -231,7 +231,13 @@ class Pipeline:
         return {"prompt": prompt, "negative_prompt": s.negative_prompt, "seed": seed, "steps": s.steps,
                 "w": s.w, "guidance_scale": guidance_scale_from_w(s.w), "sampler": s.sampler,
                 "height": s.height, "width": s.width, "model": self.bundle.source, "model_kind": self.card.kind,
-                "backend": self.backend.name, "decoder": s.decoder or "full", "generator": "ane-diffusion"}
+                "backend": self.backend.name, "decoder": s.decoder or "full",
+                "generator": "ane-diffusion"} | self._lora_metadata()
+
+    def _lora_metadata(self) -> dict:
+        loras = self.bundle.extra.get("loras")
+        return {"loras": [{"name": r["lora"], "path": r["source"], "scale": r["scale"], "sha256": r["sha256"]}
+                          for r in loras]} if loras else {}
 
 
 @contextlib.contextmanager

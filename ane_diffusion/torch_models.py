@@ -13,6 +13,16 @@ from .bundle import SINGLE_FILE_KEY, WEIGHT_FILES, Bundle, ModelLoadError
 from .card import ModelCard
 
 
+def import_torch():
+    """torch alone (the lean inference path needs nothing else); a one-line error without it."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ModelLoadError("the PyTorch backend needs the torch extra: "
+                             "pip install 'ane-diffusion[torch]'") from exc
+    return torch
+
+
 def require_torch():
     try:
         import diffusers  # noqa: F401
@@ -60,35 +70,54 @@ def _build_tiny(configs: dict):
 
 
 def _load_original_single_file(bundle: Bundle) -> TorchComponents:
-    from diffusers import StableDiffusionPipeline
+    from .loaders.original import load_components as load_original
 
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(str(bundle.single_file), local_files_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"{bundle.single_file}: cannot convert this original Stable Diffusion "
-                             f"checkpoint offline ({type(exc).__name__}); convert it to a diffusers "
-                             "folder on a machine with hub access") from None
-    return TorchComponents(pipe.text_encoder, pipe.unet, pipe.vae)
+    return load_original(bundle)
 
 
-def load_components(bundle: Bundle, device=None, dtype=None) -> TorchComponents:
-    """The bundle's text encoder, UNet and VAE as eval-mode torch modules."""
-    torch = require_torch()
+def uses_lean_modules(bundle: Bundle) -> bool:
+    """Whether :func:`load_components` with ``lean=True`` builds plain-torch modules for ``bundle``
+    (:mod:`ane_diffusion.backends.lean`): not for original-layout files or LoRAs (diffusers
+    converts and fuses those), nor for configurations the lean modules do not implement."""
+    from .backends.lean import why_not
 
+    return not bundle.extra.get("original_sd") and not bundle.extra.get("loras") and why_not(bundle.configs) is None
+
+
+def load_components(bundle: Bundle, device=None, dtype=None, lean: bool = False) -> TorchComponents:
+    """The bundle's text encoder, UNet and VAE as eval-mode torch modules.
+
+    ``lean=True`` (inference): plain-torch modules when :func:`uses_lean_modules` allows, so that
+    neither diffusers nor transformers is imported; diffusers/transformers modules otherwise.
+    """
+    use_lean = lean and uses_lean_modules(bundle)
+    torch = import_torch() if use_lean else require_torch()
+
+    if use_lean:
+        from .backends.lean import adapt_state, build as build_lean
     if bundle.extra.get("original_sd"):
         components = _load_original_single_file(bundle)
     else:
-        components = build_from_configs(bundle.configs)
+        if use_lean:
+            components = build_lean(bundle.configs)
+            components.vae_tiny = _build_tiny(bundle.configs)
+        else:
+            components = build_from_configs(bundle.configs)
+        adapt = adapt_state if use_lean else (lambda name, state: state)
         if bundle.single_file is not None:
             state = read_weights(bundle.single_file)
             for name, module in components.modules().items():
                 prefix = f"{name}."
-                _load_state(module, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                _load_state(module, adapt(name, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}),
                             f"{bundle.single_file}:{name}")
         else:
             for name, module in components.modules().items():
                 path = bundle.weights_path(name)
-                _load_state(module, read_weights(path), str(path))
+                _load_state(module, adapt(name, read_weights(path)), str(path))
+    if bundle.extra.get("loras"):  # --lora: fused into the weights (ane_diffusion.loaders.lora)
+        from .loaders.lora import fuse_loras
+
+        fuse_loras(components, bundle.extra["loras"])
     for module in components.modules().values():
         module.eval().requires_grad_(False)
         module.to(device or "cpu")
@@ -188,5 +217,5 @@ def state_dict_equal(a, b) -> bool:
     return sa.keys() == sb.keys() and all(bool((sa[k] == sb[k]).all()) for k in sa)
 
 
-__all__ = ["TorchComponents", "build_from_configs", "load_components", "save_bundle",
-           "save_single_file", "require_torch", "state_dict_equal"]
+__all__ = ["TorchComponents", "build_from_configs", "import_torch", "load_components", "save_bundle",
+           "save_single_file", "require_torch", "state_dict_equal", "uses_lean_modules"]

@@ -252,6 +252,9 @@ def source_fingerprint(bundle, key: str, module: Optional[str] = None) -> str:
     if key == "unet":
         payload["student"] = bool(bundle.card.is_student)
         payload["guidance_embedding_dim"] = bundle.card.guidance_embedding_dim
+    loras = (getattr(bundle, "extra", None) or {}).get("loras")
+    if loras and module in ("unet", "text_encoder"):  # fused LoRAs change these weights
+        payload["loras"] = [[lora["sha256"], lora["scale"]] for lora in loras]
     digest.update(json.dumps(payload, sort_keys=True, default=str).encode())
 
     if getattr(bundle, "single_file", None) is not None:

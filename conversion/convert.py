@@ -19,6 +19,7 @@ holding something other than an export, and exports of different weights or imag
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -403,6 +404,19 @@ def _resolve_decoder(opts: ConvertOptions, bundle) -> str:
         raise ConversionError("vae_decoder_full (VAEDecoderFull) is the full decoder kept beside a tiny VAEDecoder; "
                               "with --decoder full, VAEDecoder already is the full decoder")
     return decoder
+def _whole_model_loader() -> Callable:
+    """``loader(bundle, name)`` that loads all three modules once, through
+    :func:`ane_diffusion.torch_models.load_components` (single-file conversion, LoRA fusing)."""
+    loaded = {}
+
+    def load(bundle, name):
+        if not loaded:
+            from ane_diffusion.torch_models import load_components
+
+            loaded.update(load_components(bundle).modules())
+        return copy.deepcopy(loaded[name])  # each package gets its own copy, as load_module gives
+
+    return load
 
 
 def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
@@ -443,6 +457,8 @@ def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
     for stale in (p for p in out.iterdir() if _is_partial(p)):
         shutil.rmtree(stale, ignore_errors=True)
     loader = module_loader
+    if loader is None and (bundle.extra.get("original_sd") or bundle.extra.get("loras")):
+        loader = _whole_model_loader()  # an original-layout file, or LoRAs to fuse first
     if loader is None:
         from .components import load_module as loader
     modules = _Modules(bundle, opts, todo, loader, progress, wanted)

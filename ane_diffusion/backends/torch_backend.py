@@ -7,7 +7,8 @@ from typing import Optional
 import numpy as np
 
 from ..guidance import torch_guidance_embedding
-from ..torch_models import load_components, require_torch
+from ..torch_models import import_torch as require_torch
+from ..torch_models import load_components
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -60,24 +61,28 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, bundle, device: Optional[str] = None, dtype=None, components=None,
-                 vae_precision: str = "auto"):
+                 vae_precision: str = "auto", threads: Optional[int] = None):
+        """``vae_precision``: ``auto`` (the backend's dtype), ``float16`` or ``float32`` for the VAE alone
+        (``float32`` cures black/NaN images from float16 decoder overflow).
+        ``threads``: torch CPU threads; None applies :func:`ane_diffusion.threads.planned_threads`
+        (``ANE_DIFFUSION_THREADS``, else one thread for small models, else torch's default) when the
+        backend loads the bundle itself. Given ``components`` (training, benchmarks), the caller's
+        thread setting is left alone unless ``threads`` is given."""
+        from ..threads import apply_thread_policy
+
         self.torch = require_torch()
         if vae_precision not in VAE_PRECISIONS:
             raise ValueError(f"vae_precision must be one of {', '.join(VAE_PRECISIONS)}, got {vae_precision!r}")
+        if components is None or threads is not None:
+            apply_thread_policy(self.torch, bundle, threads)
+        self.threads = self.torch.get_num_threads()
         self.device = select_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.bundle = bundle
-        self.components = components or load_components(bundle, self.device, self.dtype)
+        self.components = components or load_components(bundle, self.device, self.dtype, lean=True)
         self.vae_dtype = self.dtype if vae_precision == "auto" else getattr(self.torch, vae_precision)
         if self.vae_dtype != self.dtype:
-            from diffusers.utils import logging as diffusers_logging
-
-            level = diffusers_logging.get_verbosity()
-            diffusers_logging.set_verbosity_error()  # its note on casting with .to() is not for the user
-            try:
-                self.components.vae.to(dtype=self.vae_dtype)
-            finally:
-                diffusers_logging.set_verbosity(level)
+            self._cast_vae(self.vae_dtype)
         self.guidance_dim = self.components.unet.config.get("time_cond_proj_dim")
 
     def precision(self, component: str) -> str:
@@ -108,6 +113,20 @@ class TorchBackend:
             out = self.components.unet(self._tensor(sample), t, encoder_hidden_states=self._tensor(hidden),
                                        timestep_cond=cond).sample
             return self._numpy(out)
+
+    def _cast_vae(self, dtype) -> None:
+        """Move the VAE to ``dtype``, without diffusers' note on casting with ``.to()`` (not for the user)."""
+        import sys
+
+        logging = sys.modules.get("diffusers.utils.logging")  # only when diffusers built the VAE
+        level = logging.get_verbosity() if logging else None
+        if logging:
+            logging.set_verbosity_error()
+        try:
+            self.components.vae.to(dtype=dtype)
+        finally:
+            if logging:
+                logging.set_verbosity(level)
 
     def _tiny(self, part: str):
         """The tiny autoencoder's decoder or encoder in the full VAE's convention (built once)."""

@@ -55,6 +55,9 @@ def register(subparsers) -> None:
                    help="a student adapter (distill --lora-rank) fused into --model, its base, before converting")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--verbose", action="store_true", help="also show coremltools' own progress bars")
+    from .generate import add_lora_option
+
+    add_lora_option(p)
     p.set_defaults(run=run)
 
 
@@ -73,7 +76,13 @@ def run(args) -> int:
             fused = save_student_bundle(resolve_bundle(args.model), Path(args.student_lora), Path(scratch) / "student")
             args.model, args.student_lora = str(fused), None
             return run(args)
-    options = ConvertOptions(model=args.model, output=args.output, components=args.components,
+    model = args.model
+    if args.lora:  # fused before conversion; recorded in the card, hence the contract
+        from ane_diffusion.bundle import resolve_bundle
+        from ane_diffusion.loaders.lora import with_loras
+
+        model = with_loras(resolve_bundle(args.model), args.lora)
+    options = ConvertOptions(model=model, output=args.output, components=args.components,
                              attention=args.attention, precision=args.precision, compress=args.compress,
                              chunk_unet=args.chunk_unet, height=args.height, width=args.width,
                              min_target=args.min_target, force=args.force, compile=not args.no_compile,
