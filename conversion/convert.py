@@ -129,6 +129,8 @@ def _record_options(opts: ConvertOptions, key: str, geo: Geometry, bundle) -> di
     options.update(height=geo.height, width=geo.width, source=source_fingerprint(bundle, key))
     if key == "unet":
         options["batch"] = geo.unet_batch
+        if geo.fixed_w is not None:
+            options["guidance_weight"] = geo.fixed_w
     return options
 
 
@@ -192,6 +194,13 @@ def _np_dtype(dtype: str):
     return {"float16": np.float16, "float32": np.float32, "int32": np.int32}[dtype]
 
 
+def _shape(ct, spec):
+    """A static shape, or Core ML enumerated shapes (default first) for a multi-size export."""
+    if not spec.shapes:
+        return spec.shape
+    return ct.EnumeratedShapes(shapes=[tuple(shape) for shape in spec.shapes], default=tuple(spec.shape))
+
+
 def _set_metadata(mlmodel, key: str, geo: Geometry, bundle, options: dict, chunk: Optional[int]) -> None:
     from ane_diffusion import __version__
 
@@ -227,6 +236,16 @@ def _set_metadata(mlmodel, key: str, geo: Geometry, bundle, options: dict, chunk
         "ane_diffusion.compression": options["compression"],
         "ane_diffusion.minimum_deployment_target": options["minimum_deployment_target"],
     }
+    if geo.sizes and key != "text_encoder":
+        meta["ane_diffusion.image_sizes"] = ",".join(f"{h}x{w}" for h, w in geo.sizes)
+    if geo.target != "ane-diffusion":
+        meta["ane_diffusion.target"] = geo.target
+    if geo.fixed_w is not None and key == "unet":
+        meta["ane_diffusion.guidance_weight"] = f"{geo.fixed_w:g}"
+        meta["ane_diffusion.prediction_type"] = "epsilon"
+        meta["ane_diffusion.source_prediction_type"] = card.prediction_type
+    if geo.target == "apple-pipeline" and key in ("vae_decoder", "vae_encoder"):
+        meta["ane_diffusion.scaling_factor"] = "0.18215 (the VAE's own factor is folded in)"
     if key == "unet":
         meta["ane_diffusion.batch"] = str(geo.unet_batch)
         meta["ane_diffusion.timestep_range"] = f"0-{geo.num_train_timesteps - 1}"
@@ -294,8 +313,14 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
 
     rewritten = modules.get(key)
     with progress.stage(name, "trace") as info:
-        wrapper = traceable(key, rewritten, geo)
-        traced = trace(wrapper, example_inputs(key, geo, bundle))
+        if geo.target == "apple-pipeline":
+            from .targets import apple_pipeline
+
+            wrapper = apple_pipeline.traceable(key, rewritten, geo, bundle)
+            traced = trace(wrapper, apple_pipeline.example_inputs(key, geo, bundle))
+        else:
+            wrapper = traceable(key, rewritten, geo)
+            traced = trace(wrapper, example_inputs(key, geo, bundle))
         info["detail"] = f"{opts.attention} attention"
     del wrapper, rewritten  # the traced module shares the weights; the cache drops its reference next
     modules.done(key)
@@ -303,7 +328,7 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
         with quiet_libraries(progress.library_bars):
             mlmodel = ct.convert(
                 traced,
-                inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=_np_dtype(s.dtype)) for s in inputs_spec],
+                inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=_np_dtype(s.dtype)) for s in inputs_spec],
                 outputs=[ct.TensorType(name=s.name, dtype=_np_dtype(s.dtype)) for s in outputs_spec],
                 convert_to="mlprogram",
                 compute_precision=compute_precision(opts.precision),
@@ -389,7 +414,8 @@ def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
     if existing is None and not out.exists():
         _check_parent(out)
     bundle = opts.model if isinstance(opts.model, Bundle) else resolve_bundle(opts.model)
-    geo = geometry_from_bundle(bundle, opts.height, opts.width)
+    geo = geometry_from_bundle(bundle, opts.height, opts.width, target=opts.target,
+                               guidance_weight=opts.guidance_weight, sizes=opts.sizes)
     missing = [f for f in TOKENIZER_FILES if f not in (bundle.tokenizer_files or {})]
     if missing:
         raise ConversionError(f"model {bundle.source} has no tokenizer ({', '.join(missing)} missing)")

@@ -76,6 +76,27 @@ def parse_target(value: str | None) -> str:
     raise ConversionError(f"unknown minimum deployment target {value!r}; choose from {', '.join(TARGETS)}")
 
 
+def parse_sizes(value) -> tuple:
+    """``"512x512,512x768"`` (height x width) or [(h, w), ...] -> ((h, w), ...) in order, no repeats."""
+    if value is None or value == "" or value == ():
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    sizes = []
+    for item in items:
+        if isinstance(item, str):
+            match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", item)
+            if not match:
+                raise ConversionError(f"bad size {item.strip()!r} in --sizes: write HEIGHTxWIDTH, e.g. 512x768")
+            pair = (int(match.group(1)), int(match.group(2)))
+        else:
+            pair = tuple(int(v) for v in item)
+        if len(pair) != 2 or min(pair) <= 0:
+            raise ConversionError(f"bad size {item!r} in --sizes: two positive integers, height x width")
+        if pair not in sizes:
+            sizes.append(pair)
+    return tuple(sizes)
+
+
 def target_generation(name: str) -> int:
     """The iOS generation a target name stands for (macOS14 -> 17)."""
     return TARGETS[parse_target(name)]
@@ -217,6 +238,12 @@ class ConvertOptions:
         force: reconvert components the folder already holds (and replace different ones).
         compile: on macOS, also compile each package to ``.mlmodelc`` with ``xcrun coremlcompiler``.
         attention_chunk_size: query chunk of ``split_einsum_v2``.
+        target: ``ane-diffusion`` (default; this project's runtimes, w an input) or ``apple-pipeline``
+            (Apple's Swift StableDiffusionPipeline: w fixed, epsilon output, float32 tensors; see
+            :mod:`.targets.apple_pipeline`).
+        guidance_weight: the w baked into an ``apple-pipeline`` UNet (default: the card's default w).
+        sizes: image sizes ``"512x512,512x768"`` (height x width) or [(h, w), ...]: one package
+            takes all of them (Core ML enumerated shapes; the first is the default shape).
     """
 
     model: Any = None
@@ -232,6 +259,9 @@ class ConvertOptions:
     force: bool = False
     compile: bool = True
     attention_chunk_size: int = 512
+    target: str = "ane-diffusion"
+    guidance_weight: Optional[float] = None
+    sizes: Any = None
 
     def validated(self) -> "ConvertOptions":
         """A parsed copy; raises :class:`ConversionError` naming the first problem."""
@@ -264,8 +294,24 @@ class ConvertOptions:
         if int(self.attention_chunk_size) < 1:
             raise ConversionError("attention_chunk_size must be >= 1")
         output = self.output if isinstance(self.output, Path) else Path(os.fspath(self.output))
+        from .targets import TARGETS as KINDS
+
+        kind = str(self.target).strip().lower()
+        if kind not in KINDS:
+            raise ConversionError(f"unknown target {self.target!r}; choose from {', '.join(KINDS)}")
+        if self.guidance_weight is not None and kind != "apple-pipeline":
+            raise ConversionError("--guidance-weight fixes w for --target apple-pipeline; the default target "
+                                  "takes w at run time")
+        sizes = parse_sizes(self.sizes)
+        if sizes and (self.height is not None or self.width is not None):
+            raise ConversionError("give either --sizes or --height/--width, not both")
+        if len(sizes) > 1 and kind == "apple-pipeline":
+            raise ConversionError("Apple's pipeline takes the image size from the Unet's default shape, so an "
+                                  "apple-pipeline export holds one size: convert one folder per size")
+        height, width = (sizes[0] if sizes else (self.height, self.width))
         return replace(self, output=output, components=components, precision=precision, min_target=target,
-                       compress=compress, chunk_unet=bool(self.chunk_unet), attention_chunk_size=int(self.attention_chunk_size))
+                       compress=compress, chunk_unet=bool(self.chunk_unet), attention_chunk_size=int(self.attention_chunk_size),
+                       target=kind, sizes=sizes if len(sizes) > 1 else (), height=height, width=width)
 
     def component_options(self, key: str) -> dict[str, Any]:
         """The options that shape one component's package (recorded in the contract; a re-run
@@ -277,9 +323,13 @@ class ConvertOptions:
             record["attention_chunk_size"] = self.attention_chunk_size
         if key == "unet":
             record["chunked"] = bool(self.chunk_unet)
+        if self.target != "ane-diffusion":
+            record["target"] = self.target
+        if self.sizes and key != "text_encoder":
+            record["sizes"] = [f"{h}x{w}" for h, w in self.sizes]
         return record
 
 
 __all__ = ["ATTENTION_KINDS", "COMPONENTS", "CONTRACT_NAMES", "CompressionSpec", "ConversionError",
            "ConvertOptions", "PRECISIONS", "TARGETS", "component_key", "parse_components",
-           "parse_compress_map", "parse_compression", "parse_target", "target_generation"]
+           "parse_compress_map", "parse_compression", "parse_sizes", "parse_target", "target_generation"]
