@@ -355,7 +355,20 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
             sizes = [package_bytes(split_dir / f"chunk{i}.mlpackage") for i in (1, 2)]
             info["detail"] = f"{files[0]} {human_bytes(sizes[0])} + {files[1]} {human_bytes(sizes[1])}"
         del mlmodel
-    if spec is not None:
+    compression_record = spec.to_dict() if spec is not None else {"spec": "none"}
+    if spec is not None and spec.mode == "mixed":
+        from .mixed_bit import compress_auto
+
+        with progress.stage(name, "compress") as info:
+            module = modules.loader(bundle, SOURCE_MODULE[key])  # the float32 original: the reference
+            with quiet_libraries(progress.library_bars):
+                model, compression_record = compress_auto(models[0], spec.target_psnr, module, bundle, geo, work,
+                                                          note=lambda text: progress.note(name, text))
+            models = [model]
+            del module
+            info["detail"] = (f"{spec.describe()}: {compression_record['average_bits']:.2f} bits on average, "
+                              f"worst {compression_record['measured_worst_psnr']:.1f} dB")
+    elif spec is not None:
         with progress.stage(name, "compress") as info:
             with quiet_libraries(progress.library_bars):
                 models = [compress_model(m, spec) for m in models]
@@ -376,7 +389,7 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
             _compile(work / fname, progress, name)
     return {"options": options, "files": files, "bytes": total,
             "uncompressed_bytes": uncompressed if spec is not None else None,
-            "compression": spec.to_dict() if spec is not None else {"spec": "none"}}
+            "compression": compression_record}
 
 
 def _install(out: Path, work: Path, new_files: list, old_files: list) -> None:

@@ -124,12 +124,17 @@ class CompressionSpec:
     nbits: int
     group_size: Optional[int] = None
     block_size: Optional[int] = None
+    target_psnr: Optional[float] = None
+    """``mixed`` (``auto:35``): per-layer 4/6/8-bit tables chosen to keep the UNet at this PSNR
+    (:mod:`.mixed_bit`)."""
 
     @property
     def name(self) -> str:
         """The canonical spelling, as accepted by :func:`parse_compression`."""
         if self.mode == "linear":
             return f"int{self.nbits}"
+        if self.mode == "mixed":
+            return f"auto:{self.target_psnr:g}"
         return f"{self.nbits}g{self.group_size}" if self.group_size else str(self.nbits)
 
     @property
@@ -144,6 +149,8 @@ class CompressionSpec:
         return 18 if self.group_size or self.block_size else 16
 
     def describe(self) -> str:
+        if self.mode == "mixed":
+            return f"mixed-bit k-means palettization (4/6/8 bits per tensor, >= {self.target_psnr:g} dB on the w, t grid)"
         if self.mode == "linear":
             how = f"blocks of {self.block_size}" if self.block_size else "per channel"
             return f"int{self.nbits} linear quantization ({how})"
@@ -168,6 +175,15 @@ def parse_compression(value: str | None, component: str = "") -> Optional[Compre
     where = f" for {component}" if component else ""
     if text in ("", "none", "fp16", "float16", "no"):
         return None
+    if text == "auto" or text.startswith("auto:"):
+        try:
+            target = float(text.split(":", 1)[1]) if ":" in text else 35.0
+        except ValueError:
+            target = float("nan")
+        if not (10.0 <= target <= 80.0):
+            raise ConversionError(f"bad compression {value!r}{where}: auto:PSNR takes a target between 10 and 80 dB, "
+                                  "e.g. auto:35")
+        return CompressionSpec("mixed", 0, target_psnr=target)
     if text == "int8":
         return CompressionSpec("linear", 8)
     if text == "int4":
@@ -195,6 +211,8 @@ def parse_compress_map(value: str | Mapping[str, Any] | None) -> dict[str, Compr
         for item in value.split(","):
             if not item.strip():
                 continue
+            if "=" not in item and item.strip().lower().startswith("auto"):
+                item = f"unet={item}"  # the mixed-bit recipe is measured on the UNet's output
             if "=" not in item:
                 raise ConversionError(f"--compress expects COMPONENT=BITS pairs (e.g. unet=6,text_encoder=8), "
                                       f"got {item.strip()!r}")
@@ -285,6 +303,12 @@ class ConvertOptions:
             if spec.min_generation > TARGETS[target]:
                 raise ConversionError(f"{spec.describe()} for {key} needs iOS{spec.min_generation} / "
                                       f"macOS{spec.min_generation - 3} or newer; --min-target is {target}")
+        for key, spec in compress.items():
+            if spec.mode == "mixed" and key != "unet":
+                raise ConversionError(f"auto:PSNR picks bit widths from the UNet's output over w and t; it "
+                                      f"cannot be used for {key} (give it 8, 6 or 4)")
+            if spec.mode == "mixed" and self.chunk_unet:
+                raise ConversionError("auto:PSNR compression does not support --chunk-unet yet")
         if self.chunk_unet and "unet" not in components:
             raise ConversionError("--chunk-unet needs the unet among --components")
         for name in ("height", "width"):

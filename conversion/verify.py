@@ -53,6 +53,8 @@ def threshold(precision: str, compression: str) -> float:
     spec = parse_compression(compression)
     if spec is None:
         return FLOAT32_MIN_PSNR if precision == "float32" else FLOAT16_MIN_PSNR
+    if spec.mode == "mixed":
+        return float(spec.target_psnr)
     if spec.mode == "linear":
         return MIN_PSNR[f"int{spec.nbits}"]
     return MIN_PSNR[spec.nbits]
