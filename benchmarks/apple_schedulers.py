@@ -12,8 +12,8 @@ timesteps Apple's Swift code computes for each spacing (written from its source)
 
 - linspace: ``round(linspace(0, 999, n + 1))[1:]`` reversed -> [999, 749, 500, 250] at n = 4;
 - leading: ``1 + k * (999 // (n + 1))`` for k = 1..n, reversed -> [797, 598, 399, 200];
-- karras: Karras sigmas (rho 7) from sigma_max to sigma_min mapped to timesteps -> [999, 256, 26, 0]
-  (Apple steps with the continuous Karras sigmas; here the integer timesteps' own sigmas are used).
+- karras: Karras sigmas (rho 7) from sigma_max to sigma_min mapped to timesteps -> [999, 687, 146, 0]
+X
 
 Apple's pipeline decodes the scheduler's last ``modelOutputs`` entry (the x0 estimate of the last
 UNet call), not the latent after the last step; so does this script. Each setting is scored with the

@@ -36,7 +36,7 @@ APPLE_SCALE_FACTOR = 0.18215
 
 APP_SETTINGS = {
     "schedulerType": "dpmSolverMultistepScheduler",
-    "schedulerTimestepSpacing": "karras",
+    "schedulerTimestepSpacing": "linspace",
     "guidanceScale": 0.0,
     "decoderScaleFactor": APPLE_SCALE_FACTOR,
     "encoderScaleFactor": APPLE_SCALE_FACTOR,
