@@ -23,6 +23,7 @@ extension ExportContract {
         try validateUnet(hiddenSize: hiddenSize)
         try validateDecoder()
         try validateEncoder()
+        try validateSizesAndTarget()
     }
 
     /// VAE downsampling factor: image pixels per latent pixel.
