@@ -154,6 +154,22 @@ def to_eps(x0, z, alpha, sigma):
     return (z - alpha * x0) / sigma
 
 
+def eps_from_prediction(prediction, z, alpha, sigma, kind: str):
+    """The noise estimate from a model output of any parameterisation, without dividing by sigma.
+
+    ``v = alpha eps - sigma x`` and ``z = alpha x + sigma eps`` give ``eps = sigma z + alpha v``
+    (Salimans & Ho 2022, "Progressive Distillation", appendix D): exact where ``sigma`` is small,
+    unlike ``to_eps(to_x0(v))``, which divides by it (float16 graphs lose digits there). An
+    epsilon output is returned as is; an x0 output goes through :func:`to_eps`.
+    """
+    _check(kind)
+    if kind == "epsilon":
+        return prediction
+    if kind == "v_prediction":
+        return sigma * z + alpha * prediction
+    return to_eps(prediction, z, alpha, sigma)
+
+
 def from_x0(x0, z, alpha, sigma, kind: str):
     """The model output (eps, v or x) whose clean-sample estimate is ``x0`` at ``z``."""
     _check(kind)

@@ -85,6 +85,13 @@ class Geometry:
     unet_batch: int
     num_train_timesteps: int
     prediction_type: str
+    target: str = "ane-diffusion"
+    """Who runs the packages: ``ane-diffusion`` or ``apple-pipeline`` (:mod:`.targets`)."""
+    fixed_w: Optional[float] = None
+    """The guidance weight baked into an ``apple-pipeline`` UNet."""
+    sizes: tuple = ()
+    """((height, width), ...) when one export takes several image sizes (enumerated shapes); the
+    first is (height, width), the default shape."""
 
     @property
     def latent_height(self) -> int:
@@ -99,8 +106,22 @@ class Geometry:
         return self.guidance_dim is not None
 
 
-def geometry_from_bundle(bundle, height: Optional[int] = None, width: Optional[int] = None) -> Geometry:
-    """Check that the bundle has what a conversion needs and that the size fits; one-line errors."""
+def geometry_from_bundle(bundle, height: Optional[int] = None, width: Optional[int] = None,
+                         target: str = "ane-diffusion", guidance_weight: Optional[float] = None,
+                         sizes: tuple = ()) -> Geometry:
+    """Check that the bundle has what a conversion needs and that the size(s) fit; one-line errors."""
+    from dataclasses import replace
+
+    if sizes:
+        first = geometry_from_bundle(bundle, *sizes[0], target=target, guidance_weight=guidance_weight)
+        for h, w in sizes[1:]:
+            geometry_from_bundle(bundle, h, w)  # each size must fit
+        return replace(first, sizes=tuple(tuple(size) for size in sizes))
+    if target == "apple-pipeline":
+        from .targets import apple_pipeline
+
+        fixed = apple_pipeline.check(bundle, guidance_weight)
+        return replace(geometry_from_bundle(bundle, height, width), target=target, fixed_w=fixed, unet_batch=1)
     configs = bundle.configs or {}
     for name in ("unet", "vae", "text_encoder", "scheduler"):
         if not isinstance(configs.get(name), dict):
@@ -162,15 +183,46 @@ class TensorSpec:
     """``float16``, ``float32`` or ``int32``: what the package takes or returns."""
     description: str
 
+    shapes: tuple = ()
+    """Every shape the package takes (enumerated shapes, one per image size); empty when static."""
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["shape"] = list(self.shape)
+        if self.shapes:
+            out["shapes"] = [list(shape) for shape in self.shapes]
+        else:
+            out.pop("shapes")
         return out
 
 
 def io_specs(key: str, geo: Geometry, precision: str, variant: str = "full") -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of component ``key`` for an export of geometry ``geo`` (``variant``: the
-    VAE halves' ``tiny`` or ``full`` source; same tensors, the tiny encoder's log-variance is fixed)."""
+    VAE halves' ``tiny`` or ``full`` source; same tensors, the tiny encoder's log-variance is fixed);
+    a multi-size export's tensors that change with the size list every shape (``shapes``)."""
+    from dataclasses import replace
+
+    if geo.target == "apple-pipeline":
+        from .targets import apple_pipeline
+
+        inputs, outputs = apple_pipeline.io_specs(key, geo)
+    else:
+        inputs, outputs = _io_specs(key, geo, precision, variant)
+    if len(geo.sizes) < 2 or key == "text_encoder":
+        return inputs, outputs
+    per_size = [_io_specs(key, replace(geo, height=h, width=w, sizes=()), precision, variant) for h, w in geo.sizes]
+
+    def flexible(specs, index):
+        out = []
+        for i, spec in enumerate(specs):
+            all_shapes = tuple(tuple(group[index][i].shape) for group in per_size)
+            out.append(replace(spec, shapes=all_shapes) if len(set(all_shapes)) > 1 else spec)
+        return out
+
+    return flexible(inputs, 0), flexible(outputs, 1)
+
+
+def _io_specs(key: str, geo: Geometry, precision: str, variant: str = "full") -> tuple[list[TensorSpec], list[TensorSpec]]:
     f = "float16" if precision == "float16" else "float32"
     c, h, w = geo.latent_channels, geo.latent_height, geo.latent_width
     length, hidden = geo.max_length, geo.text_hidden
@@ -220,9 +272,12 @@ def short_description(key: str, geo: Geometry, card, options: dict) -> str:
             "vae_encoder": f"{tiny}VAE encoder", "vae_decoder_full": "full VAE decoder (beside a tiny one)",
             "unet": ("guidance-distilled student UNet (takes w; one call per step)" if geo.student
                      else "teacher UNet (batch 2: classifier-free guidance by the caller)")}[key]
+    if geo.fixed_w is not None and key == "unet":
+        what = f"guidance-distilled student UNet for Apple's StableDiffusionPipeline (w = {geo.fixed_w:g} fixed, epsilon out)"
     comp = options.get("compression", "none")
     comp = "" if comp == "none" else f", weights compressed {comp}"
-    return (f"ane-diffusion {what} for {geo.height}x{geo.width} images ({card.kind}, {card.prediction_type}); "
+    size = f"{geo.height}x{geo.width}" if not geo.sizes else ", ".join(f"{h}x{w}" for h, w in geo.sizes)
+    return (f"ane-diffusion {what} for {size} images ({card.kind}, {card.prediction_type}); "
             f"{options.get('attention')} attention, {options.get('precision')} compute{comp}")
 
 
@@ -328,7 +383,17 @@ def build_contract(bundle, geo: Geometry, records: dict[str, dict], converter: d
         tiny_parts["decoders"] = {variants[n]: n for n in ("VAEDecoderFull", "VAEDecoder") if n in variants}
         if "VAEEncoder" in variants:
             tiny_parts["encoders"] = {variants["VAEEncoder"]: "VAEEncoder"}
-    return {
+    extra: dict[str, Any] = {}
+    if geo.sizes:  # optional, additive: readers of format 1 without it see the default size
+        extra["sizes"] = [{"height": h, "width": w, "latent_height": h // geo.vae_factor,
+                           "latent_width": w // geo.vae_factor} for h, w in geo.sizes]
+    if geo.target != "ane-diffusion":
+        extra["target"] = geo.target
+    if geo.target == "apple-pipeline":
+        from .targets import apple_pipeline
+
+        extra["apple_pipeline"] = apple_pipeline.contract_section(geo, card)
+    contract = {
         "format_version": FORMAT_VERSION,
         "model": card.to_dict(),
         "w_convention": W_CONVENTION,
@@ -348,6 +413,8 @@ def build_contract(bundle, geo: Geometry, records: dict[str, dict], converter: d
         "converter": {**converter, "source_model": str(bundle.source), "source_configs": source_configs(bundle),
                       "components": {CONTRACT_NAMES[key]: records[key] for key in ALL_COMPONENTS if key in records}},
     }
+    contract.update(extra)
+    return contract
 
 
 def records_of(contract: dict) -> dict[str, dict]:

@@ -131,6 +131,8 @@ def _record_options(opts: ConvertOptions, key: str, geo: Geometry, bundle) -> di
                    source=source_fingerprint(bundle, key, source_module(key, options)))
     if key == "unet":
         options["batch"] = geo.unet_batch
+        if geo.fixed_w is not None:
+            options["guidance_weight"] = geo.fixed_w
     return options
 
 
@@ -205,6 +207,13 @@ def _np_dtype(dtype: str):
     return {"float16": np.float16, "float32": np.float32, "int32": np.int32}[dtype]
 
 
+def _shape(ct, spec):
+    """A static shape, or Core ML enumerated shapes (default first) for a multi-size export."""
+    if not spec.shapes:
+        return spec.shape
+    return ct.EnumeratedShapes(shapes=[tuple(shape) for shape in spec.shapes], default=tuple(spec.shape))
+
+
 def _set_metadata(mlmodel, key: str, geo: Geometry, bundle, options: dict, chunk: Optional[int]) -> None:
     from ane_diffusion import __version__
 
@@ -240,6 +249,16 @@ def _set_metadata(mlmodel, key: str, geo: Geometry, bundle, options: dict, chunk
         "ane_diffusion.compression": options["compression"],
         "ane_diffusion.minimum_deployment_target": options["minimum_deployment_target"],
     }
+    if geo.sizes and key != "text_encoder":
+        meta["ane_diffusion.image_sizes"] = ",".join(f"{h}x{w}" for h, w in geo.sizes)
+    if geo.target != "ane-diffusion":
+        meta["ane_diffusion.target"] = geo.target
+    if geo.fixed_w is not None and key == "unet":
+        meta["ane_diffusion.guidance_weight"] = f"{geo.fixed_w:g}"
+        meta["ane_diffusion.prediction_type"] = "epsilon"
+        meta["ane_diffusion.source_prediction_type"] = card.prediction_type
+    if geo.target == "apple-pipeline" and key in ("vae_decoder", "vae_encoder"):
+        meta["ane_diffusion.scaling_factor"] = "0.18215 (the VAE's own factor is folded in)"
     if key == "unet":
         meta["ane_diffusion.batch"] = str(geo.unet_batch)
         meta["ane_diffusion.timestep_range"] = f"0-{geo.num_train_timesteps - 1}"
@@ -309,8 +328,14 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
 
     rewritten = modules.get(key)
     with progress.stage(name, "trace") as info:
-        wrapper = traceable(key, rewritten, geo)
-        traced = trace(wrapper, example_inputs(key, geo, bundle))
+        if geo.target == "apple-pipeline":
+            from .targets import apple_pipeline
+
+            wrapper = apple_pipeline.traceable(key, rewritten, geo, bundle)
+            traced = trace(wrapper, apple_pipeline.example_inputs(key, geo, bundle))
+        else:
+            wrapper = traceable(key, rewritten, geo)
+            traced = trace(wrapper, example_inputs(key, geo, bundle))
         info["detail"] = f"{opts.attention} attention"
     del wrapper, rewritten  # the traced module shares the weights; the cache drops its reference next
     modules.done(key)
@@ -318,7 +343,7 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
         with quiet_libraries(progress.library_bars):
             mlmodel = ct.convert(
                 traced,
-                inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=_np_dtype(s.dtype)) for s in inputs_spec],
+                inputs=[ct.TensorType(name=s.name, shape=_shape(ct, s), dtype=_np_dtype(s.dtype)) for s in inputs_spec],
                 outputs=[ct.TensorType(name=s.name, dtype=_np_dtype(s.dtype)) for s in outputs_spec],
                 convert_to="mlprogram",
                 compute_precision=compute_precision(options["precision"]),
@@ -345,7 +370,20 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
             sizes = [package_bytes(split_dir / f"chunk{i}.mlpackage") for i in (1, 2)]
             info["detail"] = f"{files[0]} {human_bytes(sizes[0])} + {files[1]} {human_bytes(sizes[1])}"
         del mlmodel
-    if spec is not None:
+    compression_record = spec.to_dict() if spec is not None else {"spec": "none"}
+    if spec is not None and spec.mode == "mixed":
+        from .mixed_bit import compress_auto
+
+        with progress.stage(name, "compress") as info:
+            module = modules.loader(bundle, SOURCE_MODULE[key])  # the float32 original: the reference
+            with quiet_libraries(progress.library_bars):
+                model, compression_record = compress_auto(models[0], spec.target_psnr, module, bundle, geo, work,
+                                                          note=lambda text: progress.note(name, text))
+            models = [model]
+            del module
+            info["detail"] = (f"{spec.describe()}: {compression_record['average_bits']:.2f} bits on average, "
+                              f"worst {compression_record['measured_worst_psnr']:.1f} dB")
+    elif spec is not None:
         with progress.stage(name, "compress") as info:
             with quiet_libraries(progress.library_bars):
                 models = [compress_model(m, spec) for m in models]
@@ -366,7 +404,7 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
             _compile(work / fname, progress, name)
     return {"options": options, "files": files, "bytes": total,
             "uncompressed_bytes": uncompressed if spec is not None else None,
-            "compression": spec.to_dict() if spec is not None else {"spec": "none"},
+            "compression": compression_record,
             "content": package_content(work, files)}
 
 
@@ -432,7 +470,8 @@ def convert_bundle(options: ConvertOptions, progress: Optional[Progress] = None,
     if existing is None and not out.exists():
         _check_parent(out)
     bundle = opts.model if isinstance(opts.model, Bundle) else resolve_bundle(opts.model)
-    geo = geometry_from_bundle(bundle, opts.height, opts.width)
+    geo = geometry_from_bundle(bundle, opts.height, opts.width, target=opts.target,
+                               guidance_weight=opts.guidance_weight, sizes=opts.sizes)
     missing = [f for f in TOKENIZER_FILES if f not in (bundle.tokenizer_files or {})]
     if missing:
         raise ConversionError(f"model {bundle.source} has no tokenizer ({', '.join(missing)} missing)")

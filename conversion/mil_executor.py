@@ -327,7 +327,22 @@ def _reduce(fn):
 #: op type -> kernel(op) -> numpy value. Ops without ``value_inference`` in coremltools (conv,
 #: conv_transpose, silu, upsample_nearest_neighbor, instance_norm, batch_norm, gather_nd) plus ops whose
 #: coremltools implementation would accumulate in float16 or trips over numpy 2 (reductions).
+def _shape(op) -> np.ndarray:
+    """The runtime shape: the declared one is symbolic in a program with flexible input shapes."""
+    return np.asarray(np.shape(op.x.val), dtype=np.int32)
+
+
+def _reshape(op) -> np.ndarray:
+    """MIL reshape (0 keeps the input's size on that axis, -1 is inferred) on the runtime shape."""
+    x = np.asarray(op.x.val)
+    shape = [int(s) for s in np.atleast_1d(op.shape.val)]
+    shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
 KERNELS: Mapping[str, Callable] = MappingProxyType({
+    "reshape": _reshape,
+    "shape": _shape,
     "conv": _conv,
     "conv_transpose": _conv_transpose,
     "silu": _silu,
@@ -363,6 +378,13 @@ def _np_dtype(var):
     return types.nptype_from_builtin(var.dtype)
 
 
+def _shape_fits(actual, declared) -> bool:
+    """True when ``actual`` fits ``declared``, whose symbolic dimensions (flexible shapes) fit any size."""
+    actual, declared = tuple(actual), tuple(declared)
+    return len(actual) == len(declared) and all(
+        not isinstance(d, (int, np.integer)) or int(a) == int(d) for a, d in zip(actual, declared))
+
+
 def _set_value(var, value) -> None:
     """Give ``var`` a concrete value in its declared dtype (how value_inference reads its inputs)."""
     if var.shape == () or not hasattr(value, "shape"):
@@ -370,7 +392,7 @@ def _set_value(var, value) -> None:
         value = value.item() if value.ndim == 0 and var.shape == () else value
     else:
         value = np.asarray(value).astype(_np_dtype(var), copy=False)
-        if tuple(value.shape) != tuple(var.shape):
+        if not _shape_fits(value.shape, var.shape):
             raise ValueError(f"{var.name}: computed shape {value.shape}, program declares {var.shape}")
     builtin = var.sym_type()
     builtin.val = value
@@ -443,7 +465,7 @@ class MILExecutor:
             if name not in data:
                 raise KeyError(f"missing input {name!r}")
             value = np.asarray(data[name])
-            if tuple(value.shape) != tuple(var.shape):
+            if not _shape_fits(value.shape, var.shape):
                 raise ValueError(f"input {name!r}: shape {value.shape}, program expects {var.shape}")
             _set_value(var, value)
         self.overflow = None

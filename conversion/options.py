@@ -81,6 +81,27 @@ def parse_target(value: str | None) -> str:
     raise ConversionError(f"unknown minimum deployment target {value!r}; choose from {', '.join(TARGETS)}")
 
 
+def parse_sizes(value) -> tuple:
+    """``"512x512,512x768"`` (height x width) or [(h, w), ...] -> ((h, w), ...) in order, no repeats."""
+    if value is None or value == "" or value == ():
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    sizes = []
+    for item in items:
+        if isinstance(item, str):
+            match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", item)
+            if not match:
+                raise ConversionError(f"bad size {item.strip()!r} in --sizes: write HEIGHTxWIDTH, e.g. 512x768")
+            pair = (int(match.group(1)), int(match.group(2)))
+        else:
+            pair = tuple(int(v) for v in item)
+        if len(pair) != 2 or min(pair) <= 0:
+            raise ConversionError(f"bad size {item!r} in --sizes: two positive integers, height x width")
+        if pair not in sizes:
+            sizes.append(pair)
+    return tuple(sizes)
+
+
 def target_generation(name: str) -> int:
     """The iOS generation a target name stands for (macOS14 -> 17)."""
     return TARGETS[parse_target(name)]
@@ -108,12 +129,17 @@ class CompressionSpec:
     nbits: int
     group_size: Optional[int] = None
     block_size: Optional[int] = None
+    target_psnr: Optional[float] = None
+    """``mixed`` (``auto:35``): per-layer 4/6/8-bit tables chosen to keep the UNet at this PSNR
+    (:mod:`.mixed_bit`)."""
 
     @property
     def name(self) -> str:
         """The canonical spelling, as accepted by :func:`parse_compression`."""
         if self.mode == "linear":
             return f"int{self.nbits}"
+        if self.mode == "mixed":
+            return f"auto:{self.target_psnr:g}"
         return f"{self.nbits}g{self.group_size}" if self.group_size else str(self.nbits)
 
     @property
@@ -128,6 +154,8 @@ class CompressionSpec:
         return 18 if self.group_size or self.block_size else 16
 
     def describe(self) -> str:
+        if self.mode == "mixed":
+            return f"mixed-bit k-means palettization (4/6/8 bits per tensor, >= {self.target_psnr:g} dB on the w, t grid)"
         if self.mode == "linear":
             how = f"blocks of {self.block_size}" if self.block_size else "per channel"
             return f"int{self.nbits} linear quantization ({how})"
@@ -152,6 +180,15 @@ def parse_compression(value: str | None, component: str = "") -> Optional[Compre
     where = f" for {component}" if component else ""
     if text in ("", "none", "fp16", "float16", "no"):
         return None
+    if text == "auto" or text.startswith("auto:"):
+        try:
+            target = float(text.split(":", 1)[1]) if ":" in text else 35.0
+        except ValueError:
+            target = float("nan")
+        if not (10.0 <= target <= 80.0):
+            raise ConversionError(f"bad compression {value!r}{where}: auto:PSNR takes a target between 10 and 80 dB, "
+                                  "e.g. auto:35")
+        return CompressionSpec("mixed", 0, target_psnr=target)
     if text == "int8":
         return CompressionSpec("linear", 8)
     if text == "int4":
@@ -179,6 +216,8 @@ def parse_compress_map(value: str | Mapping[str, Any] | None) -> dict[str, Compr
         for item in value.split(","):
             if not item.strip():
                 continue
+            if "=" not in item and item.strip().lower().startswith("auto"):
+                item = f"unet={item}"  # the mixed-bit recipe is measured on the UNet's output
             if "=" not in item:
                 raise ConversionError(f"--compress expects COMPONENT=BITS pairs (e.g. unet=6,text_encoder=8), "
                                       f"got {item.strip()!r}")
@@ -226,6 +265,12 @@ class ConvertOptions:
             ``float32`` is the remedy for float16 decoders whose activations overflow (NaN/inf, black images).
         decoder: ``tiny`` (the bundle's distilled tiny autoencoder becomes ``VAEDecoder`` and
             ``VAEEncoder``), ``full`` (its VAE), or None: tiny when the bundle has one.
+        target: ``ane-diffusion`` (default; this project's runtimes, w an input) or ``apple-pipeline``
+            (Apple's Swift StableDiffusionPipeline: w fixed, epsilon output, float32 tensors; see
+            :mod:`.targets.apple_pipeline`).
+        guidance_weight: the w baked into an ``apple-pipeline`` UNet (default: the card's default w).
+        sizes: image sizes ``"512x512,512x768"`` (height x width) or [(h, w), ...]: one package
+            takes all of them (Core ML enumerated shapes; the first is the default shape).
     """
 
     model: Any = None
@@ -243,6 +288,9 @@ class ConvertOptions:
     attention_chunk_size: int = 512
     vae_decoder_precision: Optional[str] = None
     decoder: Optional[str] = None
+    target: str = "ane-diffusion"
+    guidance_weight: Optional[float] = None
+    sizes: Any = None
 
     def validated(self) -> "ConvertOptions":
         """A parsed copy; raises :class:`ConversionError` naming the first problem."""
@@ -275,6 +323,12 @@ class ConvertOptions:
             if spec.min_generation > TARGETS[target]:
                 raise ConversionError(f"{spec.describe()} for {key} needs iOS{spec.min_generation} / "
                                       f"macOS{spec.min_generation - 3} or newer; --min-target is {target}")
+        for key, spec in compress.items():
+            if spec.mode == "mixed" and key != "unet":
+                raise ConversionError(f"auto:PSNR picks bit widths from the UNet's output over w and t; it "
+                                      f"cannot be used for {key} (give it 8, 6 or 4)")
+            if spec.mode == "mixed" and self.chunk_unet:
+                raise ConversionError("auto:PSNR compression does not support --chunk-unet yet")
         if self.chunk_unet and "unet" not in components:
             raise ConversionError("--chunk-unet needs the unet among --components")
         for name in ("height", "width"):
@@ -286,9 +340,25 @@ class ConvertOptions:
         if int(self.attention_chunk_size) < 1:
             raise ConversionError("attention_chunk_size must be >= 1")
         output = self.output if isinstance(self.output, Path) else Path(os.fspath(self.output))
+        from .targets import TARGETS as KINDS
+
+        kind = str(self.target).strip().lower()
+        if kind not in KINDS:
+            raise ConversionError(f"unknown target {self.target!r}; choose from {', '.join(KINDS)}")
+        if self.guidance_weight is not None and kind != "apple-pipeline":
+            raise ConversionError("--guidance-weight fixes w for --target apple-pipeline; the default target "
+                                  "takes w at run time")
+        sizes = parse_sizes(self.sizes)
+        if sizes and (self.height is not None or self.width is not None):
+            raise ConversionError("give either --sizes or --height/--width, not both")
+        if len(sizes) > 1 and kind == "apple-pipeline":
+            raise ConversionError("Apple's pipeline takes the image size from the Unet's default shape, so an "
+                                  "apple-pipeline export holds one size: convert one folder per size")
+        height, width = (sizes[0] if sizes else (self.height, self.width))
         return replace(self, output=output, components=components, precision=precision, min_target=target,
                        compress=compress, chunk_unet=bool(self.chunk_unet), attention_chunk_size=int(self.attention_chunk_size),
-                       vae_decoder_precision=decoder_precision)
+                       vae_decoder_precision=decoder_precision,
+                       target=kind, sizes=sizes if len(sizes) > 1 else (), height=height, width=width)
 
     def component_options(self, key: str) -> dict[str, Any]:
         """The options that shape one component's package (recorded in the contract; a re-run
@@ -303,9 +373,13 @@ class ConvertOptions:
             record["chunked"] = bool(self.chunk_unet)
         if key in ("vae_decoder", "vae_encoder") and self.decoder == "tiny":
             record["decoder"] = "tiny"  # absent: the full VAE (what exports made before tiny decoders hold)
+        if self.target != "ane-diffusion":
+            record["target"] = self.target
+        if self.sizes and key != "text_encoder":
+            record["sizes"] = [f"{h}x{w}" for h, w in self.sizes]
         return record
 
 
 __all__ = ["ALL_COMPONENTS", "ATTENTION_KINDS", "COMPONENTS", "DECODER_CHOICES", "OPTIONAL_COMPONENTS", "CONTRACT_NAMES", "CompressionSpec", "ConversionError",
            "ConvertOptions", "PRECISIONS", "TARGETS", "component_key", "parse_components",
-           "parse_compress_map", "parse_compression", "parse_target", "target_generation"]
+           "parse_compress_map", "parse_compression", "parse_sizes", "parse_target", "target_generation"]

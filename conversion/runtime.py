@@ -127,9 +127,11 @@ class ComponentRunner:
             if name not in feeds:
                 raise KeyError(f"{self.name}: missing input {name!r}")
             array = np.asarray(feeds[name]).astype(DTYPES[item["dtype"]], copy=False)
-            if list(array.shape) != list(item["shape"]):
+            allowed = item.get("shapes") or [item["shape"]]
+            if list(array.shape) not in [list(shape) for shape in allowed]:
+                shown = " or ".join(str(list(shape)) for shape in allowed)
                 raise ValueError(f"{self.name}: input {name!r} has shape {list(array.shape)}, the package takes "
-                                 f"{item['shape']}")
+                                 f"{shown}")
             values[name] = array
         self.overflow = None
         for model in self.models:

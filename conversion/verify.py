@@ -57,6 +57,8 @@ def threshold(precision: str, compression: str) -> float:
     spec = parse_compression(compression)
     if spec is None:
         return FLOAT32_MIN_PSNR if precision == "float32" else FLOAT16_MIN_PSNR
+    if spec.mode == "mixed":
+        return float(spec.target_psnr)
     if spec.mode == "linear":
         return MIN_PSNR[f"int{spec.nbits}"]
     return MIN_PSNR[spec.nbits]
@@ -143,6 +145,16 @@ def _text_cases(bundle, contract, rng):
 
 def _unet_cases(bundle, contract, rng, ws):
     spec = {item["name"]: item for item in contract["components"]["Unet"]["inputs"]}
+    shapes = spec["sample"].get("shapes") or [spec["sample"]["shape"]]
+    if len(shapes) > 1:  # a multi-size export: every size, each labelled
+        cases = []
+        for shape in shapes:
+            one = {**contract["components"]["Unet"], "inputs": [
+                {**item, "shape": shape, "shapes": None} if item["name"] == "sample" else item
+                for item in contract["components"]["Unet"]["inputs"]]}
+            sub = {**contract, "components": {**contract["components"], "Unet": one}}
+            cases += [(f"{label} {shape[2]}x{shape[3]}", feeds) for label, feeds in _unet_cases(bundle, sub, rng, ws)]
+        return cases
     b, c, h, w = spec["sample"]["shape"]
     hidden = spec["encoder_hidden_states"]["shape"]
     n = int(contract["schedule"].get("num_train_timesteps", 1000))
@@ -159,7 +171,8 @@ def _unet_cases(bundle, contract, rng, ws):
                      "guidance_weight": np.full((b,), weight, np.float32)}
             cases.append((f"w={weight:g} t={t}", feeds))
     else:
-        for t in (n - 1, int(rng.integers(1, n))):
+        apple = contract.get("target") == "apple-pipeline"  # Apple's 4-step linspace grid and one more
+        for t in ((n - 1, 749, 500, 250, int(rng.integers(1, n))) if apple else (n - 1, int(rng.integers(1, n)))):
             feeds = {"sample": rng.standard_normal((b, c, h, w)).astype(np.float32),
                      "timestep": np.full((b,), t, np.float32),
                      "encoder_hidden_states": rng.standard_normal(hidden).astype(np.float32)}
@@ -168,20 +181,30 @@ def _unet_cases(bundle, contract, rng, ws):
 
 
 def _decoder_cases(bundle, contract, rng, name: str = "VAEDecoder"):
-    shape = contract["components"][name]["inputs"][0]["shape"]
-    scale = float(contract["latent"]["scaling_factor"])
+    item = contract["components"][name]["inputs"][0]
+    scale = float((contract.get("apple_pipeline") or {}).get("decoder_scale_factor")
+                  or contract["latent"]["scaling_factor"])
     # what the pipeline feeds: latents of unit scale divided by the scaling factor
-    return [("latents/scale", {"z": (rng.standard_normal(shape) / scale).astype(np.float32)})]
+    shapes = item.get("shapes") or [item["shape"]]
+    return [("latents/scale" + (f" {shape[2]}x{shape[3]}" if len(shapes) > 1 else ""),
+             {"z": (rng.standard_normal(shape) / scale).astype(np.float32)}) for shape in shapes]
 
 
 def _encoder_cases(bundle, contract, rng):
-    shape = contract["components"]["VAEEncoder"]["inputs"][0]["shape"]
-    return [("image", {"x": rng.uniform(-1, 1, shape).astype(np.float32)})]
+    item = contract["components"]["VAEEncoder"]["inputs"][0]
+    shapes = item.get("shapes") or [item["shape"]]
+    return [("image" + (f" {shape[2]}x{shape[3]}" if len(shapes) > 1 else ""),
+             {"x": rng.uniform(-1, 1, shape).astype(np.float32)}) for shape in shapes]
 
 
-def _reference(name: str, module, feeds: dict, bundle) -> dict:
+def _reference(name: str, module, feeds: dict, bundle, contract: Optional[dict] = None) -> dict:
     """The original PyTorch module's outputs, named like the package's."""
     import torch
+
+    if contract is not None and contract.get("target") == "apple-pipeline" and name != "TextEncoder":
+        from .targets import apple_pipeline
+
+        return apple_pipeline.reference(name, module, feeds, bundle, contract)
 
     from ane_diffusion.guidance import torch_guidance_embedding
 
@@ -284,7 +307,7 @@ def verify_export(model, export_dir, compute_units: str = "ALL", engine: str = "
             start = time.perf_counter()
             got = runner.predict(feeds)
             seconds = time.perf_counter() - start
-            ref = _reference(name, module, feeds, bundle)
+            ref = _reference(name, module, feeds, bundle, contract)
             if name == "VAEEncoder" and source_of[name] == "vae_tiny":  # the constant log-variance half would
                 c = int(contract["latent"]["channels"])                # inflate the PSNR: score the mean
                 got, ref = {"latent": got["latent"][:, :c]}, {"latent": ref["latent"][:, :c]}

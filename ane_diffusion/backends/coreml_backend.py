@@ -54,6 +54,9 @@ def load_export_bundle(folder) -> Bundle:
 
     folder = Path(folder)
     contract = read_export_contract(folder)
+    if contract.get("target", "ane-diffusion") != "ane-diffusion":
+        raise ModelLoadError(f"{folder} is a Core ML export for {contract['target']} (Apple's Swift "
+                             "StableDiffusionPipeline, w fixed); run it there, or check it with `verify`")
     try:
         card = ModelCard.from_dict(contract["model"])
     except (CardError, TypeError, KeyError) as exc:
@@ -177,7 +180,14 @@ class CoreMLBackend:
     def _check_latents(self, shape) -> None:
         latent, image = self.contract["latent"], self.contract["image"]
         want = (int(latent["channels"]), int(latent["height"]), int(latent["width"]))
-        if tuple(shape[1:]) != want:
+        sizes = self.contract.get("sizes") or []
+        if sizes and tuple(shape[1:]) not in {(want[0], s["latent_height"], s["latent_width"]) for s in sizes}:
+            from ..pipeline import GenerationError
+
+            listed = ", ".join(f"{s['height']}x{s['width']}" for s in sizes)
+            raise GenerationError(f"this Core ML export takes {listed} images (height x width); pass "
+                                  "--height/--width of one of them or convert again with --sizes")
+        if not sizes and tuple(shape[1:]) != want:
             from ..pipeline import GenerationError
 
             raise GenerationError(

@@ -49,6 +49,14 @@ def register(subparsers) -> None:
                    help="VAEDecoder/VAEEncoder from the model's distilled tiny autoencoder or its full VAE "
                         "(default: tiny when the model has one); add vae_decoder_full to --components to keep "
                         "the full decoder beside a tiny one (VAEDecoderFull)")
+    p.add_argument("--sizes", default=None,
+                   help="several image sizes in one export, HEIGHTxWIDTH,... e.g. 512x512,512x768,768x512 "
+                        "(Core ML enumerated shapes; the first is the default)")
+    p.add_argument("--target", default="ane-diffusion", choices=("ane-diffusion", "apple-pipeline"),
+                   help="ane-diffusion (default: w an input, for this project's runtimes) or apple-pipeline "
+                        "(Apple's Swift StableDiffusionPipeline: w fixed, epsilon output, float32 tensors)")
+    p.add_argument("--guidance-weight", type=float, default=None,
+                   help="apple-pipeline: the w baked into the Unet (default: the model card's default w)")
     p.add_argument("--force", action="store_true", help="reconvert components the folder already holds")
     p.add_argument("--no-compile", action="store_true", help="macOS: do not compile packages to .mlmodelc")
     p.add_argument("--student-lora", default=None, metavar="FILE",
@@ -86,7 +94,8 @@ def run(args) -> int:
                              attention=args.attention, precision=args.precision, compress=args.compress,
                              chunk_unet=args.chunk_unet, height=args.height, width=args.width,
                              min_target=args.min_target, force=args.force, compile=not args.no_compile,
-                             vae_decoder_precision=args.vae_decoder_precision, decoder=args.decoder)
+                             vae_decoder_precision=args.vae_decoder_precision, decoder=args.decoder,
+                             target=args.target, guidance_weight=args.guidance_weight, sizes=args.sizes)
     progress = Progress(enabled=not args.quiet, library_bars=args.verbose)
     result = convert_bundle(options, progress=progress)
     if not args.quiet:

@@ -25,6 +25,7 @@ extension ExportContract {
         if let full = components.vaeDecoderFull { try validateDecoder(full, "VAEDecoderFull") }
         try validateEncoder()
         try validateVariants()
+        try validateSizesAndTarget()
     }
 
     /// VAE downsampling factor: image pixels per latent pixel.

@@ -11,9 +11,11 @@ public struct TensorSpec: Codable, Equatable, Sendable {
     public var shape: [Int]
     public var dtype: TensorDType
     public var description: String?
+    /// Every shape a multi-size export's package takes (Core ML enumerated shapes), `shape` first.
+    public var shapes: [[Int]]?
 
-    public init(name: String, shape: [Int], dtype: TensorDType, description: String? = nil) {
-        (self.name, self.shape, self.dtype, self.description) = (name, shape, dtype, description)
+    public init(name: String, shape: [Int], dtype: TensorDType, description: String? = nil, shapes: [[Int]]? = nil) {
+        (self.name, self.shape, self.dtype, self.description, self.shapes) = (name, shape, dtype, description, shapes)
     }
 }
 
@@ -119,12 +121,17 @@ public struct ExportContract: Codable, Equatable, Sendable {
     public var decoders: [String: String]?
     /// Optional: which component encodes with which encoder, e.g. `{"tiny": "VAEEncoder"}`.
     public var encoders: [String: String]?
+    /// Optional: every image size of a multi-size export (see ``imageSizes``).
+    public var sizes: [ImageSize]?
+    /// Optional: the runtime the export was made for; absent or `ane-diffusion` for this package.
+    public var target: String?
 
     enum CodingKeys: String, CodingKey {
         case formatVersion = "format_version"
         case model
         case wConvention = "w_convention"
         case image, latent, schedule, tokenizer, components, decoders, encoders
+        case sizes, target
     }
 
     /// Parse and validate a contract; every problem is a ``ContractError`` naming the field.

@@ -81,10 +81,12 @@ public final class DiffusionPipeline {
         for prompt in prompts + [negativePrompt] {
             _ = try tokenize(prompt, truncate: settings.truncatePrompts)
         }
+        let size = try configuration.latentShape(height: settings.height, width: settings.width)
         let timesteps = try sampler.defaultTimesteps(steps: steps, numTrainTimesteps: configuration.schedule.numTrainTimesteps)
         return ResolvedSettings(steps: steps, w: w, sampler: sampler, seed: settings.seed, imageCount: settings.imageCount,
                                 negativePrompt: negativePrompt, truncatePrompts: settings.truncatePrompts,
-                                timesteps: timesteps, warnings: warnings)
+                                timesteps: timesteps, warnings: warnings, latentShape: size.shape,
+                                imageHeight: size.height, imageWidth: size.width)
     }
 
     /// Generate `settings.imageCount` images for one prompt.
@@ -123,7 +125,7 @@ public final class DiffusionPipeline {
             let latents = sampled.flatMap { batch in (0..<batch.batchSize).map { batch.rows($0..<($0 + 1)) } }
             // 3. Decoder.
             let images = try phase(decoder) { () throws -> [RGBImage] in
-                try latents.map { try RGBImage(pixels: decode($0, &timings)) }
+                try latents.map { try RGBImage(pixels: decode($0, s, &timings)) }
             }
             return (latents, images)
         }
@@ -132,7 +134,7 @@ public final class DiffusionPipeline {
             (0..<s.imageCount).map { i in
                 ImageMetadata(prompt: prompt, negativePrompt: s.negativePrompt, seed: s.seed + UInt32(i), steps: s.steps,
                               w: s.w, guidanceScale: Guidance.guidanceScale(w: s.w), sampler: s.sampler.rawValue,
-                              height: configuration.imageHeight, width: configuration.imageWidth,
+                              height: s.imageHeight, width: s.imageWidth,
                               modelKind: card.kind.rawValue)
             }
         }
@@ -142,7 +144,8 @@ public final class DiffusionPipeline {
     /// Sample one prompt's batch of `imageCount` latents from seeded noise (`Pipeline.sample`).
     public func sample(cond: Tensor, uncond: Tensor?, settings s: ResolvedSettings, timings: inout Timings,
                        callback: StepCallback? = nil) throws -> Tensor {
-        let (z, sources) = try NoiseSource.batch(seed: s.seed, count: s.imageCount, shape: configuration.latentShape)
+        let shape = s.latentShape.isEmpty ? configuration.latentShape : s.latentShape
+        let (z, sources) = try NoiseSource.batch(seed: s.seed, count: s.imageCount, shape: shape)
         var calls: [Double] = []
         let denoiser = GuidedDenoiser(model: unet, predictionType: configuration.card.predictionType,
                                       isStudent: configuration.card.isStudent, schedule: configuration.schedule,
@@ -173,12 +176,12 @@ public final class DiffusionPipeline {
         return hidden
     }
 
-    private func decode(_ latents: Tensor, _ timings: inout Timings) throws -> Tensor {
+    private func decode(_ latents: Tensor, _ s: ResolvedSettings, _ timings: inout Timings) throws -> Tensor {
         // A Python float divides a float32 array in float32.
         let factor = Float(configuration.scalingFactor)
         let (pixels, seconds) = try measure { try decoder.decode(latents: latents.map { $0 / factor }) }
         timings.vaeDecode += seconds
-        let expected = [1, 3, configuration.imageHeight, configuration.imageWidth]
+        let expected = [1, 3, s.imageHeight, s.imageWidth]
         guard pixels.shape == expected else {
             throw PipelineError.badModelOutput("the decoder returned shape \(pixels.shape); expected \(expected)")
         }

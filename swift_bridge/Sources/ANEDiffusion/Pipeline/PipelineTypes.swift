@@ -31,6 +31,8 @@ public struct PipelineConfiguration: Sendable {
     public var scalingFactor: Double
     /// Token ids per prompt (CLIP: 77).
     public var maxTokenLength: Int
+    /// Every size a multi-size export takes (empty: only `imageHeight` x `imageWidth`).
+    public var imageSizes: [ImageSize] = []
 
     public init(card: ModelCard, schedule: NoiseSchedule = .scaledLinear(), latentShape: [Int], imageHeight: Int,
                 imageWidth: Int, scalingFactor: Double = 0.18215, maxTokenLength: Int = CLIPTokenizer.maxLength) {
@@ -50,6 +52,7 @@ public struct PipelineConfiguration: Sendable {
                   latentShape: contract.latentShape, imageHeight: contract.image.height,
                   imageWidth: contract.image.width, scalingFactor: contract.latent.scalingFactor,
                   maxTokenLength: contract.tokenizer.maxLength)
+        self.imageSizes = contract.sizes ?? []
     }
 }
 
@@ -66,9 +69,14 @@ public struct GenerationSettings: Sendable {
     public var negativePrompt: String
     /// Drop a too-long prompt's last tokens instead of failing.
     public var truncatePrompts: Bool
+    /// Image size; `nil` takes the export's default. A multi-size export takes any size it lists.
+    public var height: Int?
+    public var width: Int?
 
     public init(steps: Int? = nil, w: Double? = nil, sampler: Sampler? = nil, seed: UInt32 = 0, imageCount: Int = 1,
-                negativePrompt: String = "", truncatePrompts: Bool = false) {
+                negativePrompt: String = "", truncatePrompts: Bool = false, height: Int? = nil, width: Int? = nil) {
+        self.height = height
+        self.width = width
         self.steps = steps
         self.w = w
         self.sampler = sampler
@@ -92,6 +100,10 @@ public struct ResolvedSettings: Equatable, Sendable {
     public var timesteps: [Int]
     /// Things the caller should know (e.g. a step count the student was not distilled for).
     public var warnings: [String]
+    /// The chosen size: latent shape `(C, h, w)` and image height and width.
+    public var latentShape: [Int] = []
+    public var imageHeight: Int = 0
+    public var imageWidth: Int = 0
 }
 
 /// Seconds spent in each model, as the Python pipeline reports them.
