@@ -40,7 +40,8 @@ class TorchComponents:
     unet: "object"
     vae: "object"
     vae_tiny: "object" = None
-    """Optional distilled ``AutoencoderTiny`` (see :mod:`ane_diffusion.decoders`)."""
+    """Optional distilled ``AutoencoderTiny`` (see :mod:`ane_diffusion.decoders`): diffusers' or,
+    on the lean path, :class:`ane_diffusion.backends.lean.tiny.AutoencoderTiny`."""
 
     def modules(self):
         extra = {"vae_tiny": self.vae_tiny} if self.vae_tiny is not None else {}
@@ -99,8 +100,7 @@ def load_components(bundle: Bundle, device=None, dtype=None, lean: bool = False)
         components = _load_original_single_file(bundle)
     else:
         if use_lean:
-            components = build_lean(bundle.configs)
-            components.vae_tiny = _build_tiny(bundle.configs)
+            components = build_lean(bundle.configs)  # vae_tiny too, when the bundle has one
         else:
             components = build_from_configs(bundle.configs)
         adapt = adapt_state if use_lean else (lambda name, state: state)

@@ -1,5 +1,6 @@
-"""Lean PyTorch modules for inference: the Stable Diffusion UNet, VAE and CLIP text encoder in
-plain ``torch.nn``, loading the same safetensors weights as diffusers and transformers.
+"""Lean PyTorch modules for inference: the Stable Diffusion UNet, VAE and CLIP text encoder (and a
+bundle's tiny autoencoder, ``vae_tiny``) in plain ``torch.nn``, loading the same safetensors
+weights as diffusers and transformers.
 
 Why: importing diffusers and transformers takes several times longer than importing torch
 (about 10 s against 2-3 s on a 2-core machine), while the embedded demo model computes an image
@@ -34,6 +35,14 @@ _UNET_FIXED = {  # config key: the values the lean UNet implements (missing key 
 _VAE_FIXED = {"act_fn": ("silu",), "use_quant_conv": (True, None), "use_post_quant_conv": (True, None),
               "mid_block_add_attention": (True, None)}
 
+TINY_DEFAULTS = {"in_channels": 3, "out_channels": 3, "encoder_block_out_channels": (64, 64, 64, 64),
+                 "decoder_block_out_channels": (64, 64, 64, 64), "act_fn": "relu", "upsample_fn": "nearest",
+                 "latent_channels": 4, "upsampling_scaling_factor": 2, "num_encoder_blocks": (1, 3, 3, 3),
+                 "num_decoder_blocks": (3, 3, 3, 1), "latent_magnitude": 3, "latent_shift": 0.5}
+"""diffusers' ``AutoencoderTiny`` defaults (TAESD's own configuration)."""
+_TINY_ACTIVATIONS = ("swish", "silu", "mish", "gelu", "relu")  # diffusers' get_activation, case-insensitive
+_TINY_UPSAMPLE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")  # nn.Upsample on 4-D, align_corners unset
+
 
 def why_not(configs: dict) -> str | None:
     """Why the lean modules cannot run ``configs`` (a reason in words), or None when they can."""
@@ -56,18 +65,39 @@ def why_not(configs: dict) -> str | None:
         return "vae block types"
     if text.get("hidden_act", "quick_gelu") not in ("quick_gelu", "gelu"):
         return f"text encoder hidden_act={text.get('hidden_act')!r}"
+    return tiny_why_not(configs["vae_tiny"]) if "vae_tiny" in configs else None
+
+
+def tiny_why_not(config: dict) -> str | None:
+    """Why the lean ``AutoencoderTiny`` (:mod:`.tiny`) cannot run ``config``, or None when it can."""
+    c = {**TINY_DEFAULTS, **config}
+    if c.get("_class_name", "AutoencoderTiny") != "AutoencoderTiny":
+        return f"vae_tiny _class_name={c['_class_name']!r}"
+    if str(c["act_fn"]).lower() not in _TINY_ACTIVATIONS:
+        return f"vae_tiny act_fn={c['act_fn']!r}"
+    if c["upsample_fn"] not in _TINY_UPSAMPLE_MODES:
+        return f"vae_tiny upsample_fn={c['upsample_fn']!r}"
+    for part in ("encoder", "decoder"):
+        widths, blocks = list(c[f"{part}_block_out_channels"]), list(c[f"num_{part}_blocks"])
+        if not widths or len(widths) != len(blocks):
+            return f"vae_tiny {part} levels"
+        if len(set(widths)) != 1:  # diffusers' level-changing convs keep the width: only one width runs
+            return f"vae_tiny {part}_block_out_channels={widths!r}"
     return None
 
 
 def build(configs: dict):
-    """Randomly initialised lean text encoder, UNet and VAE (a ``TorchComponents``)."""
+    """Randomly initialised lean text encoder, UNet and VAE, plus the tiny autoencoder when
+    ``configs`` has ``vae_tiny`` (a ``TorchComponents``)."""
     from ...torch_models import TorchComponents
     from .clip import TextEncoder
+    from .tiny import AutoencoderTiny
     from .unet import UNet
     from .vae import VAE
 
     return TorchComponents(text_encoder=TextEncoder(configs["text_encoder"]), unet=UNet(configs["unet"]),
-                           vae=VAE(configs["vae"]))
+                           vae=VAE(configs["vae"]),
+                           vae_tiny=AutoencoderTiny(configs["vae_tiny"]) if "vae_tiny" in configs else None)
 
 
 def adapt_state(name: str, state: dict) -> dict:
