@@ -67,7 +67,7 @@ def _example(manifest: Path, line: int, file, caption) -> Example:
         raise DataError(f"{manifest}:{line}: 'file' must be a non-empty string")
     if not isinstance(caption, str):
         raise DataError(f"{manifest}:{line}: 'caption' must be a string")
-    from ..names import inside
+    from ...names import inside
 
     path = inside(manifest.parent, file, f"{manifest}:{line}: image", DataError, subfolders=True)
     if not path.is_file():
@@ -365,7 +365,7 @@ def load_training_set(cfg, bundle, components, cache_dir: Path, device, write_ca
     tokenizer = bundle.tokenizer()
     embeddings = encode_texts(components.text_encoder, tokenizer, unique, device)
     uncond = encode_texts(components.text_encoder, tokenizer, [""], device)
-    from ..checks import require_finite
+    from ...checks import require_finite
 
     require_finite(embeddings.float().numpy(), "the text encoder's embeddings of the captions",
                    "the text encoder's weights hold NaN/inf: check the model")
