@@ -21,3 +21,16 @@ let package = Package(
         ),
     ]
 )
+
+#if os(Linux)
+// Linux only (never declared on Apple platforms, never in a product): the Core ML and CoreGraphics
+// adapters of Sources/ANEDiffusion/CoreML, symlinked into Tests/CoreMLAdapterTests/Adapters, are
+// compiled against test-only stand-ins for the Apple API they use and unit-tested on fake models.
+// This checks our code, not Apple's frameworks (README.md, "Core ML adapters on Linux").
+package.targets += [
+    .target(name: "CoreMLStandIn", path: "Tests/CoreMLStandIn"),
+    .target(name: "CoreGraphicsStandIn", path: "Tests/CoreGraphicsStandIn"),
+    .testTarget(name: "CoreMLAdapterTests", dependencies: ["ANEDiffusion", "CoreMLStandIn", "CoreGraphicsStandIn"],
+                swiftSettings: [.define("APPLE_STAND_INS")]),
+]
+#endif

@@ -1,5 +1,10 @@
+#if canImport(CoreML) || APPLE_STAND_INS
 #if canImport(CoreML)
 import CoreML
+#else  // Linux tests: compiled into CoreMLAdapterTests against a stand-in (README.md, "Core ML adapters on Linux")
+import ANEDiffusion
+import CoreMLStandIn
+#endif
 import Foundation
 
 /// A Core ML model returned something the contract did not promise.
@@ -26,6 +31,11 @@ public final class CoreMLTextEncoder: TextEncoding {
         self.model = model
         input = try contractEntry(component.inputs, "input_ids", "components.TextEncoder.inputs")
         output = try contractEntry(component.outputs, "last_hidden_state", "components.TextEncoder.outputs")
+        // float16 holds integers exactly only up to 2048: CLIP's ids (up to 49407) would change.
+        guard input.dtype != .float16 else {
+            throw ContractError(field: "components.TextEncoder.inputs.input_ids.dtype",
+                                message: "float16 cannot hold token ids above 2048 exactly; expected int32 or float32")
+        }
     }
 
     public func loadResources() throws { try model.loadResources() }

@@ -1,5 +1,10 @@
+#if canImport(CoreML) || APPLE_STAND_INS
 #if canImport(CoreML)
 import CoreML
+#else  // Linux tests: compiled into CoreMLAdapterTests against a stand-in (README.md, "Core ML adapters on Linux")
+import ANEDiffusion
+import CoreMLStandIn
+#endif
 
 extension Tensor {
     /// The values of a Core ML output, whatever its element type (float16 included) and strides.

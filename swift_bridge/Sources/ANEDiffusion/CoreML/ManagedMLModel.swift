@@ -1,5 +1,10 @@
+#if canImport(CoreML) || APPLE_STAND_INS
 #if canImport(CoreML)
 import CoreML
+#else  // Linux tests: compiled into CoreMLAdapterTests against a stand-in (README.md, "Core ML adapters on Linux")
+import ANEDiffusion
+import CoreMLStandIn
+#endif
 import Foundation
 
 extension ComputeUnits {
@@ -26,7 +31,7 @@ extension ComputeUnits {
 ///
 /// A compiled `.mlmodelc` loads directly. An `.mlpackage` (or `.mlmodel`) is compiled on the
 /// device first with `MLModel.compileModel(at:)`, once per instance, into a temporary folder:
-/// slow for a UNet, so apps should ship the `.mlmodelc` files.
+/// slow for a UNet, so apps should ship the `.mlmodelc` files (watchOS cannot compile at all).
 public final class ManagedMLModel: ResourceManaging {
     public let url: URL
     public let configuration: MLModelConfiguration
@@ -69,9 +74,15 @@ public final class ManagedMLModel: ResourceManaging {
     private func compiledModelURL() throws -> URL {
         if url.pathExtension == "mlmodelc" { return url }
         if let compiledURL = compiledURL { return compiledURL }
+        #if os(watchOS)
+        // MLModel.compileModel(at:) is unavailable on watchOS (Apple's Core ML documentation).
+        throw ContractError(field: "", message: "\(url.lastPathComponent) is not compiled, and watchOS cannot compile "
+                                + "models on the device: ship \(url.deletingPathExtension().lastPathComponent).mlmodelc")
+        #else
         let compiled = try MLModel.compileModel(at: url)
         compiledURL = compiled
         return compiled
+        #endif
     }
 }
 #endif

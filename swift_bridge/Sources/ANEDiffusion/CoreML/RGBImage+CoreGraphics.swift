@@ -1,5 +1,10 @@
+#if canImport(CoreGraphics) || APPLE_STAND_INS
 #if canImport(CoreGraphics)
 import CoreGraphics
+#else  // Linux tests: compiled into CoreMLAdapterTests against a stand-in (README.md, "Core ML adapters on Linux")
+import ANEDiffusion
+import CoreGraphicsStandIn
+#endif
 import Foundation
 
 extension RGBImage {

@@ -1,0 +1,1 @@
+../../../Sources/ANEDiffusion/CoreML/DiffusionPipeline+CoreML.swift

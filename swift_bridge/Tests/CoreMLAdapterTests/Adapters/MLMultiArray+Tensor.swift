@@ -1,0 +1,1 @@
+../../../Sources/ANEDiffusion/CoreML/MLMultiArray+Tensor.swift

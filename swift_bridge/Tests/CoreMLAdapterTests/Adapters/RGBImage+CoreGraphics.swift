@@ -1,0 +1,1 @@
+../../../Sources/ANEDiffusion/CoreML/RGBImage+CoreGraphics.swift
