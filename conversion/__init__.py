@@ -16,6 +16,8 @@ Sub-modules:
 - ``components``   source-module loading, ANE wrappers (the student UNet takes w), tracing.
 - ``precision``    float16 compute with the sinusoid embeddings kept in float32.
 - ``compression``  palettization / linear quantization configs.
+- ``mixed_bit``    ``auto:35``: per-layer 4/6/8-bit palettization from measured sensitivity.
+- ``targets``      who runs the packages: ``apple_pipeline`` (Apple's Swift StableDiffusionPipeline).
 - ``runtime``      run an export's packages: Core ML on macOS, the numpy MIL executor elsewhere.
 - ``verify``       PSNR of each converted component against its PyTorch source.
 - ``ane.*``        (B, C, 1, S) layer norm, split-einsum attention, diffusers / CLIP rewrites.

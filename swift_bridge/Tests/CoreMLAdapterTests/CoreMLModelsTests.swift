@@ -261,6 +261,24 @@ final class CoreMLModelsTests: XCTestCase {
         XCTAssertEqual(run(), "Unet.mlmodelc returned no multi-array output \"noise_pred\"")
     }
 
+    /// A multi-size export (`convert --sizes`): the UNet answers at the latent size it is fed.
+    func testMultiSizeUNetAnswersAtTheFedSize() throws {
+        var spec = unetSpec(batch: 1, student: false)
+        spec.inputs[0].shapes = [[1, 4, 2, 2], [1, 4, 2, 3]]
+        installModel(at: folder.appendingPathComponent("Unet.mlmodelc"), spec) { input, _ in
+            let sample = values(input, "sample")
+            return try outputs(["noise_pred": ([1, 4, 2, sample.count / 8], .float16, sample.map { $0 * 2 })])
+        }
+        let unet = try CoreMLUNet(stages: [model("Unet.mlmodelc")], component: spec)
+        let wide = Tensor(shape: [1, 4, 2, 3], scalars: (0..<24).map { Float($0) * 0.25 })
+        let noise = try unet.predict(sample: wide, timestep: 1, hiddenStates: textStates(rows: 1), guidanceWeights: nil)
+        XCTAssertEqual(noise.shape, [1, 4, 2, 3])
+        XCTAssertEqual(noise.scalars, wide.scalars.map { $0 * 2 })
+        let square = try unet.predict(sample: latents(rows: 1), timestep: 1, hiddenStates: textStates(rows: 1),
+                                      guidanceWeights: nil)
+        XCTAssertEqual(square.shape, [1, 4, 2, 2])
+    }
+
     func testUNetContractMustNameItsInputs() {
         var spec = unetSpec(batch: 1, student: true)
         spec.inputs.remove(at: 1)

@@ -19,7 +19,7 @@ extension TensorDType {
 extension TensorSpec {
     /// The Core ML description a model exported with this contract entry has.
     var featureDescription: MLFeatureDescription {
-        MLFeatureDescription(name: name, shape: shape, dataType: dtype.multiArrayType)
+        MLFeatureDescription(name: name, shape: shape, dataType: dtype.multiArrayType, enumeratedShapes: shapes ?? [])
     }
 }
 

@@ -78,10 +78,30 @@ open class MLDictionaryFeatureProvider: MLFeatureProvider {
 open class MLMultiArrayConstraint {
     public let shape: [NSNumber]
     public let dataType: MLMultiArrayDataType
+    /// The flexible shapes a model takes besides `shape` (Core ML: `MLMultiArrayShapeConstraint`).
+    public let shapeConstraint: MLMultiArrayShapeConstraint
 
-    @_spi(StandIn) public init(shape: [Int], dataType: MLMultiArrayDataType) {
+    @_spi(StandIn) public init(shape: [Int], dataType: MLMultiArrayDataType, enumeratedShapes: [[Int]] = []) {
         self.shape = shape.map { NSNumber(value: $0) }
         self.dataType = dataType
+        self.shapeConstraint = MLMultiArrayShapeConstraint(enumeratedShapes: enumeratedShapes)
+    }
+}
+
+/// Kinds of shape flexibility (Core ML's `MLMultiArrayShapeConstraintType`).
+public enum MLMultiArrayShapeConstraintType: Int {
+    case unspecified, enumerated, range
+}
+
+/// Which shapes a multiarray feature takes (Core ML's `MLMultiArrayShapeConstraint`; only
+/// `.enumerated` and `.unspecified` are modelled).
+open class MLMultiArrayShapeConstraint {
+    public let type: MLMultiArrayShapeConstraintType
+    public let enumeratedShapes: [[NSNumber]]
+
+    init(enumeratedShapes: [[Int]]) {
+        self.type = enumeratedShapes.isEmpty ? .unspecified : .enumerated
+        self.enumeratedShapes = enumeratedShapes.map { $0.map { NSNumber(value: $0) } }
     }
 }
 
@@ -93,11 +113,13 @@ open class MLFeatureDescription {
     public let multiArrayConstraint: MLMultiArrayConstraint?
 
     /// A multiarray feature (Core ML reads these from the model file).
-    @_spi(StandIn) public init(name: String, shape: [Int], dataType: MLMultiArrayDataType) {
+    @_spi(StandIn) public init(name: String, shape: [Int], dataType: MLMultiArrayDataType,
+                               enumeratedShapes: [[Int]] = []) {
         self.name = name
         self.type = .multiArray
         self.isOptional = false
-        self.multiArrayConstraint = MLMultiArrayConstraint(shape: shape, dataType: dataType)
+        self.multiArrayConstraint = MLMultiArrayConstraint(shape: shape, dataType: dataType,
+                                                           enumeratedShapes: enumeratedShapes)
     }
 }
 
@@ -156,7 +178,9 @@ open class MLModel {
             guard let array = value.multiArrayValue else {
                 throw coreMLError("input feature \"\(name)\" must be a multiarray")
             }
-            guard array.shape == constraint.shape else {
+            let flexible = constraint.shapeConstraint.type == .enumerated
+                && constraint.shapeConstraint.enumeratedShapes.contains(array.shape)
+            guard array.shape == constraint.shape || flexible else {
                 throw coreMLError("input feature \"\(name)\" has shape \(array.shape), the model takes \(constraint.shape)")
             }
             guard array.dataType == constraint.dataType else {

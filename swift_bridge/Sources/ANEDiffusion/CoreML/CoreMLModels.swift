@@ -113,10 +113,12 @@ public final class CoreMLUNet: DenoisingModel {
                 features[guidanceWeight.name] = padded(w).featureValue(guidanceWeight.dtype)
             }
             let prediction = try run(features)
-            guard prediction.count == output.shape.reduce(1, *) else {
-                throw PipelineError.badModelOutput("the UNet returned \(prediction.shape), expected \(output.shape)")
+            // The sample's shape: a multi-size export (enumerated shapes) answers at the size fed.
+            let expected = [modelBatch] + Array(z.shape.dropFirst())
+            guard prediction.count == expected.reduce(1, *) else {
+                throw PipelineError.badModelOutput("the UNet returned \(prediction.shape), expected \(expected)")
             }
-            outputs.append(prediction.reshaped(output.shape).rows(0..<rows.count))
+            outputs.append(prediction.reshaped(expected).rows(0..<rows.count))
             start = rows.upperBound
         }
         return Tensor.concatenate(outputs)
