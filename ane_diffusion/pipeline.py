@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .checks import InputValueError, check_output, finite_number, image_side, require_finite, seeds, whole_number
+from .checks import (InputValueError, batch_pixels, check_output, finite_number, image_count, image_side,
+                     require_finite, seeds, whole_number)
 from .guidance import combine, guidance_scale_from_w
 from .noise import batch_noise, stacked_normal
 from .samplers import default_timesteps, get_sampler, sample_ddim, sample_dpmpp_2m, sample_lcm, sample_stochastic
@@ -94,9 +95,10 @@ class Pipeline:
             raise GenerationError("no prompt given")
         if s.steps < 1:
             raise GenerationError(f"steps must be >= 1, got {s.steps}")
-        s.num_images = whole_number(s.num_images, "--num-images", minimum=1)
+        s.num_images = image_count(s.num_images)
         s.seed = seeds(s.seed, s.num_images)
         s.height, s.width = self._check_size(s.height, s.width)
+        batch_pixels(s.num_images, s.height, s.width)
         if not card.w_min <= s.w <= card.w_max:
             who = "student" if card.is_student else "model"
             raise GenerationError(f"w={s.w:g} is outside this {who}'s range [{card.w_min:g}, {card.w_max:g}] "
