@@ -97,6 +97,8 @@ CATALOGUE = [
          "VAE decoder's output (image 1 of 1) is not finite"),
     Case("generate-nan-decoder-fp16", NONFINITE, GEN + " --model {nan_decoder} --vae-precision float16", 2,
          "pass --vae-precision float32"),
+    Case("inpaint-nan-decoder", NONFINITE, INPAINT + " --model {nan_decoder} --steps 2", 2,
+         "VAE decoder's output (image 1 of 1) is not finite"),
     Case("edit-nan-encoder", NONFINITE, EDIT + " --model {nan_encoder}", 2, "VAE encoder's output is not finite"),
     Case("coreml-fp16-decoder-overflow", NONFINITE, GEN + " --backend coreml --model {overflow_export}", 2,
          ("overflowed inside the VAE decoder", "--vae-decoder-precision float32")),
@@ -151,6 +153,10 @@ CATALOGUE = [
          "raise --strength to at least 0.34"),
     Case("mask-with-colour", ACCEPTED, INPAINT.replace("{mask}", "{mask_colour}") + " --model {student}", 2,
          "the mask has colour"),
+    Case("api-inpaint-mask-with-colour", ACCEPTED, api("inpaint", "{source}", "{mask_colour}", "x", model="{student}"),
+         ValueError, "the mask has colour"),
+    Case("api-inpaint-seed-fraction", ACCEPTED, api("inpaint", "{source}", "{mask}", "x", model="{student}", seed=0.5),
+         ValueError, "seed must be a whole number"),
     Case("coreml-vae-precision", ACCEPTED, GEN + " --backend coreml --model {export_no_weights} "
          "--vae-precision float32", 2, "convert --vae-decoder-precision float32"),
     Case("convert-decoder-precision-without-decoder", ACCEPTED, "convert --model {student} --output {work}/x "
@@ -170,6 +176,8 @@ CATALOGUE = [
          "must be a plain file name inside"),
     Case("contract-package-outside", FILES, "verify --model default --coreml {contract_package}", 2,
          "must be a plain file name inside"),
+    Case("convert-into-escaping-contract", FILES, "convert --model {student} --output {contract_parent} "
+         "--components text_encoder", 2, "must be a plain file name inside"),
     Case("manifest-image-outside", FILES, "distill guidance --teacher {teacher} --data {data_outside} -o {work}/run "
          "--updates 1 --quiet", 2, "must be a relative path inside"),
     Case("checkpoint-file-outside", FILES, "distill guidance --teacher {teacher} --data {data} -o {run_escape} "
