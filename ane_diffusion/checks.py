@@ -169,5 +169,6 @@ def remedy(component: str, backend) -> str:
     return "its weights probably hold NaN/inf: check or re-create the model"
 
 
-__all__ = ["MAX_IMAGES", "image_count", "batch_pixels", "check_output", "InputValueError", "MAX_BATCH_PIXELS", "MAX_IMAGE_SIDE", "NonFiniteError", "SEED_LIMIT", "finite_number", "image_side",
-           "remedy", "require_finite", "seeds", "whole_number"]
+__all__ = ["InputValueError", "MAX_BATCH_PIXELS", "MAX_IMAGES", "MAX_IMAGE_SIDE", "NonFiniteError", "SEED_LIMIT",
+           "batch_pixels", "check_output", "finite_number", "image_count", "image_side", "remedy", "require_finite",
+           "seeds", "whole_number"]

@@ -146,6 +146,7 @@ class Pipeline:
         def denoise(z: np.ndarray, t: int) -> np.ndarray:
             start = time.perf_counter()
             calls[0] += 1
+            what = f"the UNet's output at denoising step {calls[0]} (timestep {t})"
             batch = z.shape[0]
             unet_in = z if extra_channels is None else np.concatenate([z, extra_channels], axis=1)
             if student:
@@ -154,10 +155,10 @@ class Pipeline:
                 out = self.backend.predict(unet_in, t, cond)
             else:
                 both = self.backend.predict(np.concatenate([unet_in, unet_in]), t, np.concatenate([uncond, cond]))
-                check_output(both, self.backend, "unet", f"the UNet's output at denoising step {calls[0]} (timestep {t})")
+                check_output(both, self.backend, "unet", what)
                 out = combine(both[batch:], both[:batch], w)
             timings.unet += time.perf_counter() - start
-            check_output(out, self.backend, "unet", f"the UNet's output at denoising step {calls[0]} (timestep {t})")
+            check_output(out, self.backend, "unet", what)
             timings.unet_calls += 1
             alpha, sigma = self.schedule.alpha_sigma(t)
             return to_x0(out, z, alpha, sigma, kind).astype(np.float32)

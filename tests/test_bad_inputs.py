@@ -97,7 +97,7 @@ CATALOGUE = [
          "VAE decoder's output (image 1 of 1) is not finite"),
     Case("generate-nan-decoder-fp16", NONFINITE, GEN + " --model {nan_decoder} --vae-precision float16", 2,
          "pass --vae-precision float32"),
-    Case("inpaint-nan-decoder", NONFINITE, INPAINT + " --model {nan_decoder} --steps 2", 2,
+    Case("inpaint-nan-decoder", NONFINITE, INPAINT + " --model {nan_decoder}", 2,
          "VAE decoder's output (image 1 of 1) is not finite"),
     Case("edit-nan-encoder", NONFINITE, EDIT + " --model {nan_encoder}", 2, "VAE encoder's output is not finite"),
     Case("coreml-fp16-decoder-overflow", NONFINITE, GEN + " --backend coreml --model {overflow_export}", 2,
@@ -105,7 +105,8 @@ CATALOGUE = [
     # 2. tracebacks: each of these used to print one
     Case("generate-device-bogus", TRACEBACK, GEN + " --model {student} --device bogus", 2, "unknown device 'bogus'"),
     Case("generate-device-cuda", TRACEBACK, GEN + " --model {student} --device cuda", 2, "CUDA is not available"),
-    Case("generate-device-mps", TRACEBACK, GEN + " --model {student} --device mps", 2, "MPS (Apple GPU) is not available"),
+    Case("generate-device-mps", TRACEBACK, GEN + " --model {student} --device mps", 2,
+         "MPS (Apple GPU) is not available"),
     Case("bench-device-bogus", TRACEBACK, "bench --check-unet --device bogus", 2, "unknown device 'bogus'"),
     Case("bench-device-cuda", TRACEBACK, "bench --quick --device cuda --output-dir {work}", 2,
          "CUDA is not available"),
@@ -138,7 +139,8 @@ CATALOGUE = [
     # 3. accepted when it should not be, or silently changed
     Case("zero-size", ACCEPTED, GEN + " --model {student} --height 0 --width 0", 2, "height must be positive, got 0"),
     Case("teacher-w-huge", ACCEPTED, GEN + " --model demo-teacher --steps 4 -w 1e9", 2, "outside this model's range"),
-    Case("teacher-w-negative", ACCEPTED, GEN + " --model demo-teacher --steps 4 -w -5", 2, "outside this model's range"),
+    Case("teacher-w-negative", ACCEPTED, GEN + " --model demo-teacher --steps 4 -w -5", 2,
+         "outside this model's range"),
     Case("api-steps-fraction", ACCEPTED, api("generate", "x", model="{student}", steps=2.5), ValueError,
          "steps must be a whole number, got 2.5"),
     Case("api-seed-fraction", ACCEPTED, api("generate", "x", model="{student}", seed=2.5), ValueError,
