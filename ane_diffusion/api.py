@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from .backends import make_backend
 from .bundle import resolve_bundle
-from .checks import whole_number
+from .checks import image_count
 from .images import check_writable, output_paths, save_png
 from .pipeline import Pipeline, Result, Settings
 
@@ -87,7 +87,7 @@ def generate(prompts: Sequence[str] | str, model: Optional[str] = None, backend:
     paths are added to each image's metadata under ``"path"``.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    num_images = whole_number(num_images, "--num-images", minimum=1)
+    num_images = image_count(num_images)
     pipeline = pipeline or load_pipeline(model, backend, student_lora=student_lora, **backend_options)
     settings = Settings(steps=steps, w=w, sampler=sampler, seed=seed, num_images=num_images,
                         height=height, width=width, negative_prompt=negative_prompt, decoder=decoder)
@@ -124,7 +124,7 @@ def edit(image, prompt: str, strength: float = 0.6, model: Optional[str] = None,
     from .editing import EditSettings, Editor
 
     image = _open_image(image, "image")
-    num_images = whole_number(num_images, "--num-images", minimum=1)
+    num_images = image_count(num_images)
     if output is not None:
         check_writable(output_paths(Path(output), num_images))
     pipeline = pipeline or load_pipeline(model, backend, **backend_options)
@@ -143,7 +143,7 @@ def inpaint(image, mask, prompt: str, model: Optional[str] = None, backend: str 
     from .editing import EditSettings, Editor
 
     image, mask = _open_image(image, "image"), _open_image(mask, "mask")
-    num_images = whole_number(num_images, "--num-images", minimum=1)
+    num_images = image_count(num_images)
     if output is not None:
         check_writable(output_paths(Path(output), num_images))
     pipeline = pipeline or load_pipeline(model, backend, **backend_options)

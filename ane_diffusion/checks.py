@@ -26,6 +26,14 @@ MAX_IMAGE_SIDE = 4096
 """Largest image side (pixels) a request may ask for: SD-1.5 latents of 512 x 512, beyond what any
 supported device holds in memory for the UNet's attention; larger requests are refused up front."""
 
+MAX_BATCH_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+"""Largest number of pixels one prompt's images may have together (they run as one batch): one
+4096 x 4096 image, or 64 of 512 x 512. ``--num-images 1000000000`` is refused, not allocated."""
+
+MAX_IMAGES = 65536
+"""Most images one prompt may ask for, whatever their size (checked before output paths are made);
+the pixel budget :data:`MAX_BATCH_PIXELS` is the finer limit."""
+
 SEED_LIMIT = 2 ** 32
 """Seeds are unsigned 32-bit integers (numpy's legacy MT19937, see :mod:`ane_diffusion.noise`)."""
 
@@ -79,6 +87,19 @@ def image_side(value, name: str, factor: int, default: int) -> int:
     if side % factor:
         raise InputValueError(f"{name} {side} is not a multiple of {factor} (VAE factor x UNet downsampling)")
     return side
+
+
+def image_count(value) -> int:
+    """``--num-images`` as an int in ``1 ..`` :data:`MAX_IMAGES` (:class:`InputValueError` otherwise)."""
+    return whole_number(value, "--num-images", minimum=1, maximum=MAX_IMAGES)
+
+
+def batch_pixels(count: int, height: int, width: int) -> None:
+    """Refuse ``count`` images of ``height`` x ``width`` when together they exceed :data:`MAX_BATCH_PIXELS`."""
+    if count * height * width > MAX_BATCH_PIXELS:
+        most = max(MAX_BATCH_PIXELS // (height * width), 1)
+        raise InputValueError(f"--num-images {count} at {width}x{height} is more than one batch can hold "
+                              f"({MAX_BATCH_PIXELS} pixels): use at most {most} and run again for more")
 
 
 def seeds(seed, count: int) -> int:
@@ -148,5 +169,6 @@ def remedy(component: str, backend) -> str:
     return "its weights probably hold NaN/inf: check or re-create the model"
 
 
-__all__ = ["check_output", "InputValueError", "MAX_IMAGE_SIDE", "NonFiniteError", "SEED_LIMIT", "finite_number", "image_side",
-           "remedy", "require_finite", "seeds", "whole_number"]
+__all__ = ["InputValueError", "MAX_BATCH_PIXELS", "MAX_IMAGES", "MAX_IMAGE_SIDE", "NonFiniteError", "SEED_LIMIT",
+           "batch_pixels", "check_output", "finite_number", "image_count", "image_side", "remedy", "require_finite",
+           "seeds", "whole_number"]

@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .checks import InputValueError, check_output, finite_number, image_side, require_finite, seeds, whole_number
+from .checks import (InputValueError, batch_pixels, check_output, finite_number, image_count, image_side,
+                     require_finite, seeds, whole_number)
 from .decoders import DecoderChoiceError, resolve_decoder
 from .guidance import combine, guidance_scale_from_w
 from .noise import batch_noise, stacked_normal
@@ -101,9 +102,10 @@ class Pipeline:
             raise GenerationError("no prompt given")
         if s.steps < 1:
             raise GenerationError(f"steps must be >= 1, got {s.steps}")
-        s.num_images = whole_number(s.num_images, "--num-images", minimum=1)
+        s.num_images = image_count(s.num_images)
         s.seed = seeds(s.seed, s.num_images)
         s.height, s.width = self._check_size(s.height, s.width)
+        batch_pixels(s.num_images, s.height, s.width)
         if not card.w_min <= s.w <= card.w_max:
             who = "student" if card.is_student else "model"
             raise GenerationError(f"w={s.w:g} is outside this {who}'s range [{card.w_min:g}, {card.w_max:g}] "
@@ -151,6 +153,7 @@ class Pipeline:
         def denoise(z: np.ndarray, t: int) -> np.ndarray:
             start = time.perf_counter()
             calls[0] += 1
+            what = f"the UNet's output at denoising step {calls[0]} (timestep {t})"
             batch = z.shape[0]
             unet_in = z if extra_channels is None else np.concatenate([z, extra_channels], axis=1)
             if student:
@@ -159,10 +162,10 @@ class Pipeline:
                 out = self.backend.predict(unet_in, t, cond)
             else:
                 both = self.backend.predict(np.concatenate([unet_in, unet_in]), t, np.concatenate([uncond, cond]))
-                check_output(both, self.backend, "unet", f"the UNet's output at denoising step {calls[0]} (timestep {t})")
+                check_output(both, self.backend, "unet", what)
                 out = combine(both[batch:], both[:batch], w)
             timings.unet += time.perf_counter() - start
-            check_output(out, self.backend, "unet", f"the UNet's output at denoising step {calls[0]} (timestep {t})")
+            check_output(out, self.backend, "unet", what)
             timings.unet_calls += 1
             alpha, sigma = self.schedule.alpha_sigma(t)
             return to_x0(out, z, alpha, sigma, kind).astype(np.float32)

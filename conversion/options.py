@@ -364,7 +364,9 @@ class ConvertOptions:
         """The options that shape one component's package (recorded in the contract; a re-run
         with different ones is refused without ``force``). Call on a validated copy."""
         spec = self.compress.get(key)
-        precision = self.vae_decoder_precision if key == "vae_decoder" and self.vae_decoder_precision else self.precision
+        precision = self.precision
+        if key == "vae_decoder" and self.vae_decoder_precision:
+            precision = self.vae_decoder_precision
         record = {"attention": self.attention, "precision": precision,
                   "compression": spec.name if spec else "none", "minimum_deployment_target": self.min_target}
         if self.attention == "split_einsum_v2":

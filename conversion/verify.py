@@ -37,7 +37,8 @@ MIN_PSNR = {
 """Lowest acceptable PSNR of a compressed component against its float32 PyTorch source."""
 
 REQUIRED_COMPONENTS = ("TextEncoder", "Unet", "VAEDecoder")
-"""What generating needs; ``verify`` reports an export without one of them as incomplete."""
+"""What generating needs; ``verify`` reports an export that records no ``converter.requested`` (written
+before it was recorded) and lacks one of them as incomplete."""
 
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 
@@ -88,8 +89,8 @@ class VerifyReport:
     rows: list = field(default_factory=list)
 
     missing: list = field(default_factory=list)
-    """Components the export should hold (the contract's ``converter.requested``, and what generating
-    needs) but does not: an interrupted or partial conversion."""
+    """Components the export should hold (the contract's ``converter.requested``; for older exports,
+    what generating needs) but does not: an interrupted conversion."""
     damaged: dict = field(default_factory=dict)
     """``{component: what no longer matches}`` for packages whose files differ from what was written."""
 
@@ -262,7 +263,9 @@ def verify_export(model, export_dir, compute_units: str = "ALL", engine: str = "
         names = [n for n in names if n in wanted]
         missing = []
     else:
-        expected = set((contract.get("converter") or {}).get("requested") or []) | set(REQUIRED_COMPONENTS)
+        # what convert was asked for (a folder of a UNet alone is fine); exports written before that was
+        # recorded must at least hold what generating needs
+        expected = set((contract.get("converter") or {}).get("requested") or REQUIRED_COMPONENTS)
         missing = [CONTRACT_NAMES[k] for k in CONTRACT_NAMES if CONTRACT_NAMES[k] in expected - set(names)]
     if contract["model"].get("kind") != bundle.card.kind:
         raise ConversionError(f"{export_dir} is an export of a {contract['model'].get('kind')} model, "

@@ -97,13 +97,16 @@ CATALOGUE = [
          "VAE decoder's output (image 1 of 1) is not finite"),
     Case("generate-nan-decoder-fp16", NONFINITE, GEN + " --model {nan_decoder} --vae-precision float16", 2,
          "pass --vae-precision float32"),
+    Case("inpaint-nan-decoder", NONFINITE, INPAINT + " --model {nan_decoder}", 2,
+         "VAE decoder's output (image 1 of 1) is not finite"),
     Case("edit-nan-encoder", NONFINITE, EDIT + " --model {nan_encoder}", 2, "VAE encoder's output is not finite"),
     Case("coreml-fp16-decoder-overflow", NONFINITE, GEN + " --backend coreml --model {overflow_export}", 2,
          ("overflowed inside the VAE decoder", "--vae-decoder-precision float32")),
     # 2. tracebacks: each of these used to print one
     Case("generate-device-bogus", TRACEBACK, GEN + " --model {student} --device bogus", 2, "unknown device 'bogus'"),
     Case("generate-device-cuda", TRACEBACK, GEN + " --model {student} --device cuda", 2, "CUDA is not available"),
-    Case("generate-device-mps", TRACEBACK, GEN + " --model {student} --device mps", 2, "MPS (Apple GPU) is not available"),
+    Case("generate-device-mps", TRACEBACK, GEN + " --model {student} --device mps", 2,
+         "MPS (Apple GPU) is not available"),
     Case("bench-device-bogus", TRACEBACK, "bench --check-unet --device bogus", 2, "unknown device 'bogus'"),
     Case("bench-device-cuda", TRACEBACK, "bench --quick --device cuda --output-dir {work}", 2,
          "CUDA is not available"),
@@ -115,6 +118,14 @@ CATALOGUE = [
          "card field recommended_steps must be a whole number, got '4'"),
     Case("huge-size", TRACEBACK, GEN + " --model {student} --width 100000 --height 100000", 2,
          "larger than the 4096-pixel limit"),
+    Case("huge-batch", TRACEBACK, GEN + " --model {student} --num-images 1000000000", 2,
+         "--num-images must be <= 65536"),
+    Case("huge-batch-pixels", TRACEBACK, GEN + " --model {student} --num-images 65536 --height 1024 --width 1024", 2,
+         "use at most 16 and run again"),
+    Case("distill-huge-resolution", TRACEBACK, "distill guidance --teacher {teacher} --data {data} -o {work}/run "
+         "--resolution 100000 --quiet", 2, "--resolution must be in 1..4096"),
+    Case("api-huge-batch", TRACEBACK, api("generate", "x", model="{student}", num_images=10**9), ValueError,
+         "--num-images must be <= 65536"),
     Case("convert-huge-size", TRACEBACK, "convert --model {student} --output {work}/x --height 100000 --width 64",
          2, "larger than the 4096-pixel limit"),
     Case("coreml-weight-bin-deleted", TRACEBACK, GEN + " --backend coreml --model {export_no_weights}", 2,
@@ -128,7 +139,8 @@ CATALOGUE = [
     # 3. accepted when it should not be, or silently changed
     Case("zero-size", ACCEPTED, GEN + " --model {student} --height 0 --width 0", 2, "height must be positive, got 0"),
     Case("teacher-w-huge", ACCEPTED, GEN + " --model demo-teacher --steps 4 -w 1e9", 2, "outside this model's range"),
-    Case("teacher-w-negative", ACCEPTED, GEN + " --model demo-teacher --steps 4 -w -5", 2, "outside this model's range"),
+    Case("teacher-w-negative", ACCEPTED, GEN + " --model demo-teacher --steps 4 -w -5", 2,
+         "outside this model's range"),
     Case("api-steps-fraction", ACCEPTED, api("generate", "x", model="{student}", steps=2.5), ValueError,
          "steps must be a whole number, got 2.5"),
     Case("api-seed-fraction", ACCEPTED, api("generate", "x", model="{student}", seed=2.5), ValueError,
@@ -143,6 +155,10 @@ CATALOGUE = [
          "raise --strength to at least 0.34"),
     Case("mask-with-colour", ACCEPTED, INPAINT.replace("{mask}", "{mask_colour}") + " --model {student}", 2,
          "the mask has colour"),
+    Case("api-inpaint-mask-with-colour", ACCEPTED, api("inpaint", "{source}", "{mask_colour}", "x", model="{student}"),
+         ValueError, "the mask has colour"),
+    Case("api-inpaint-seed-fraction", ACCEPTED, api("inpaint", "{source}", "{mask}", "x", model="{student}", seed=0.5),
+         ValueError, "seed must be a whole number"),
     Case("coreml-vae-precision", ACCEPTED, GEN + " --backend coreml --model {export_no_weights} "
          "--vae-precision float32", 2, "convert --vae-decoder-precision float32"),
     Case("convert-decoder-precision-without-decoder", ACCEPTED, "convert --model {student} --output {work}/x "
@@ -162,6 +178,8 @@ CATALOGUE = [
          "must be a plain file name inside"),
     Case("contract-package-outside", FILES, "verify --model default --coreml {contract_package}", 2,
          "must be a plain file name inside"),
+    Case("convert-into-escaping-contract", FILES, "convert --model {student} --output {contract_parent} "
+         "--components text_encoder", 2, "must be a plain file name inside"),
     Case("manifest-image-outside", FILES, "distill guidance --teacher {teacher} --data {data_outside} -o {work}/run "
          "--updates 1 --quiet", 2, "must be a relative path inside"),
     Case("checkpoint-file-outside", FILES, "distill guidance --teacher {teacher} --data {data} -o {run_escape} "

@@ -141,6 +141,11 @@ class DistillConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.resolution is not None:
+            from ..checks import MAX_IMAGE_SIDE
+
+            if not 0 < self.resolution <= MAX_IMAGE_SIDE:
+                raise ValueError(f"--resolution must be in 1..{MAX_IMAGE_SIDE}, got {self.resolution}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.warmup < self.updates:
