@@ -110,3 +110,51 @@ def test_student_bundle_and_card(run):
     log = [json.loads(line) for line in (student_path.parent / "log.jsonl").read_text().splitlines()]
     assert [r["update"] for r in log] == list(range(10, 121, 10))
     assert {"loss", "lr", "updates_per_s", "phase", "update"} <= set(log[0])
+
+
+FIDELITY_W = (0.0, 1.0, 2.0, 4.0)
+
+
+def x_sweep(cfg, unet, student: bool):
+    """x estimates (8, C, H, W) at each w of FIDELITY_W on the held-out (z_t, t): the guided teacher's
+    (student=False, ``unet`` is the teacher) or the student's."""
+    from ane_diffusion.distill.stage1 import guided_teacher_x0
+
+    bundle = resolve_bundle(cfg.model)
+    z, t, cond, uncond = heldout(cfg, bundle, load_components(bundle))
+    alpha, sigma = alpha_sigma(bundle.schedule, t, "cpu")
+    out = {}
+    with torch.no_grad():
+        for w in FIDELITY_W:
+            ws = torch.full((8,), w)
+            out[w] = (predict_x0(unet, z, t, cond, alpha, sigma, "v_prediction", ws, EMBEDDING_DIM) if student else
+                      guided_teacher_x0(unet, z, t, cond, uncond, alpha, sigma, ws, "v_prediction")).numpy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def slow_guidance_input_run(run, tmp_path_factory):
+    """The same run with the guidance input at the shared lr (the first demo recipe's setting)."""
+    cfg, _ = run
+    root = tmp_path_factory.mktemp("stage1-scale1")
+    old = DistillConfig.from_dict({**cfg.to_dict(), "output": str(root / "run"), "guidance_lr_scale": 1.0})
+    return old, distill_guidance(old)
+
+
+def test_student_follows_w_over_the_whole_range(run, slow_guidance_input_run):
+    """w fidelity in x-space: the trained student is closest to the guided teacher at the same w for every
+    w, and changes with w at least 0.8x as much as the teacher. The untrained student (it ignores w) and
+    a student whose guidance input learned at the shared lr (issue 11's demo students) both fail."""
+    from ane_diffusion.distill.fidelity import w_fidelity
+
+    cfg, student_path = run
+    components = load_components(resolve_bundle(cfg.model))
+    teacher = x_sweep(cfg, components.unet, student=False)
+    trained = w_fidelity(x_sweep(cfg, load_components(resolve_bundle(student_path)).unet, True), teacher)
+    assert trained["passed"], trained
+    ignoring = w_fidelity(x_sweep(cfg, add_guidance_input(components.unet, EMBEDDING_DIM), True), teacher)
+    assert not ignoring["passed"] and ignoring["response_ratio"] == 0.0
+    _, old_path = slow_guidance_input_run
+    old = w_fidelity(x_sweep(cfg, load_components(resolve_bundle(old_path)).unet, True), teacher)
+    assert not old["passed"], old
+    assert trained["response_ratio"] > old["response_ratio"] + 0.2, (trained, old)
