@@ -50,6 +50,9 @@ class RecipeSettings:
     distill_batch: int = 32
     distill_lr: float = 1e-4
     guidance_updates: int = 1500
+    guidance_lr_scale: float = 100.0
+    """The stage-1 student's new guidance input learns at distill_lr x this (DistillConfig's default)."""
+    guidance_loss_weighting: str = "truncated_snr"
     progressive_start_steps: int = 16
     progressive_updates: int = 600
     threads: int = 1  # two processes with two threads each on two cores spin-wait: 10x slower
@@ -180,7 +183,9 @@ class Recipe:
 
         s = self.settings
         distill_guidance(self.distill_config(self.work / "teacher", self.work / "stage1-run", s.guidance_updates,
-                                             w_min=s.w_min, w_max=s.w_max, prediction_type="v_prediction"))
+                                             w_min=s.w_min, w_max=s.w_max, prediction_type="v_prediction",
+                                             guidance_lr_scale=s.guidance_lr_scale,
+                                             loss_weighting=s.guidance_loss_weighting))
         (self.work / "stage1-run" / "student").rename(self.work / "stage1")
 
     def progressive(self) -> None:

@@ -7,13 +7,21 @@ image, per-attribute accuracy and all-five accuracy (read by the attribute evalu
 distance of evaluator features against as many real images of the same prompts, and wall-clock
 seconds per image (same backend, same process, after a warm-up call per model).
 
+Every accuracy comes with its 95% bootstrap interval (prompts resampled: :mod:`.stats`); each
+table carries the Frechet feature-space controls (:mod:`.controls`: real-vs-real floor, blurred and
+colour-shifted real images must score clearly worse) and the speed-up at matched quality
+(:mod:`.matched`); the train-split prompts also get the w sweep (:mod:`.wsweep`: accuracy per w and
+every student's distance to the teacher at the same and other w, with the w-fidelity verdict).
+Rows hold ``--images-per-row`` images (default 512: prompts x seeds, seeds rounded up).
+
 Two tables: prompts that are full captions of train-split scenes, and of held-out (shape, colour)
 combinations. Every row sees the same prompts and the same seeds (``seed ... seed + n - 1`` for the
 ``n`` images of each prompt), so the sample grid compares like with like.
 
 Outputs, each written atomically into ``--out``: ``quality.json`` (date, machine, versions,
 settings, evaluator accuracy, both tables), ``quality.md`` (the tables) and ``samples-train.png`` /
-``samples-heldout.png`` (rows = model/steps, columns = the first prompts, first seed).
+``samples-heldout.png`` (rows = model/steps, columns = the first prompts, first seed) and
+``samples-w-sweep.png`` (rows = models, columns = w).
 
 Run it through ``benchmarks/quality.py``; ``main(argv)`` here is the same entry point.
 """
