@@ -277,7 +277,10 @@ def main(argv=None) -> int:
                                   distill_batch=4)
     for item in args.set:
         name, _, value = item.partition("=")
-        setattr(settings, name, parse_setting(settings, name, value))
+        try:
+            setattr(settings, name, parse_setting(settings, name, value))
+        except ValueError as error:
+            parser.error(f"--set {item}: {error}")
     torch.set_num_threads(settings.threads)
     Recipe(args.work, settings, args.assets).run(args.only)
     return 0
