@@ -49,7 +49,8 @@ class RecipeSettings:
     distill_images: int = 8000
     distill_batch: int = 32
     distill_lr: float = 1e-4
-    guidance_updates: int = 1500
+    guidance_updates: int = 3000
+    """Was 1500; the stage-1 student's w response was still growing (issue 11, docs/training.md)."""
     guidance_lr_scale: float = 100.0
     """The stage-1 student's new guidance input learns at distill_lr x this (DistillConfig's default)."""
     guidance_loss_weighting: str = "truncated_snr"
