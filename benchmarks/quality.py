@@ -11,7 +11,8 @@ steps), progressive students (8, 4, 2, 1 steps, from PROGRESSIVE/steps-N; missin
 not fatal), 512 images each by default. Columns: evaluations per image, per-attribute and all-five
 accuracy with 95% bootstrap intervals, Frechet distance to real images (its feature space validated
 on blurred and colour-shifted real images), seconds per image; then the speed-up at matched quality
-and a w sweep (0, 1, 3, 6) with the w-fidelity verdict of every student. See :mod:`benchmarks.quality.harness` for the details and
+and a w sweep (0, 1, 3, 6) with the w-fidelity verdict of every student. See
+:mod:`benchmarks.quality.harness` for the details and
 ``python benchmarks/quality.py --help`` for every option. Exit status: 0, or 3 when the attribute
 evaluator fails its trust check on real images (outputs are still written, marked untrusted), or 2
 when there is no model to evaluate.

@@ -155,7 +155,8 @@ class Recipe:
         card = ModelCard(kind="teacher", prediction_type="epsilon", w_min=0.0, w_max=s.w_max * 2,
                          default_w=s.default_w, recommended_sampler="ddim", recommended_steps=64,
                          description="ane-diffusion demo teacher: captioned shape scenes, 32x32, trained here",
-                         training={"teacher": summary, "vae": vae_summary, "text_encoder": text_summary, "recipe": asdict(s),
+                         training={"teacher": summary, "vae": vae_summary, "text_encoder": text_summary,
+                                   "recipe": asdict(s),
                                    "latent_std_check": float(latents.std())})
         save_bundle(self.work / "teacher", TorchComponents(text_encoder, unet, vae), scheduler_config("epsilon"),
                     files, card)
@@ -273,7 +274,8 @@ def main(argv=None) -> int:
 
     settings = RecipeSettings()
     if args.smoke:
-        settings = RecipeSettings(train_images=256, vae_steps=3, text_steps=3, text_batch=16, teacher_steps=3, guidance_updates=3,
+        settings = RecipeSettings(train_images=256, vae_steps=3, text_steps=3, text_batch=16, teacher_steps=3,
+                                  guidance_updates=3,
                                   progressive_updates=2, progressive_start_steps=16, distill_images=16,
                                   distill_batch=4)
     for item in args.set:

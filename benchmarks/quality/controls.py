@@ -56,4 +56,5 @@ def validate_features(features: Callable[[np.ndarray], np.ndarray], real: np.nda
             "validated": bool(visible and all(r >= min_ratio for r in ratios.values()))}
 
 
-__all__ = ["BLUR_RADIUS", "COLOUR_SHIFT", "MIN_CONTROL_RATIO", "MIN_RELATIVE_SHIFT", "blurred", "colour_shifted", "validate_features"]
+__all__ = ["BLUR_RADIUS", "COLOUR_SHIFT", "MIN_CONTROL_RATIO", "MIN_RELATIVE_SHIFT", "blurred", "colour_shifted",
+           "validate_features"]

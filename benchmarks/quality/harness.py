@@ -579,9 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   **measure(evaluator, real, per_image, evaluator.features(real_again), groups),
                   "seconds_per_image": None, "images": len(real)}]
         controls = validate_features(evaluator.features, real, real_again)
-        print(f"[quality] {split:7s} Frechet controls: floor {controls['floor']:.1f}, blurred {controls['blurred']:.1f}, "
-              f"colour-shifted {controls['colour_shifted']:.1f}: {'validated' if controls['validated'] else 'NOT validated'}",
-              flush=True)
+        verdict = "validated" if controls["validated"] else "NOT validated"
+        print(f"[quality] {split:7s} Frechet controls: floor {controls['floor']:.1f}, blurred "
+              f"{controls['blurred']:.1f}, colour-shifted {controls['colour_shifted']:.1f}: {verdict}", flush=True)
         grid_columns = min(GRID_COLUMNS, len(scenes))
         from PIL import Image
 

@@ -40,7 +40,8 @@ def markdown_matched(entries: list[dict]) -> str:
     for e in entries:
         low, high = e["student_interval"]
         teacher = e["teacher"] or "none within the interval"
-        lines.append(f"| {e['student']} | {e['student_all']:.3f} [{low:.3f}, {high:.3f}] | {e['student_seconds']:.4f} | "
+        lines.append(f"| {e['student']} | {e['student_all']:.3f} [{low:.3f}, {high:.3f}] | "
+                     f"{e['student_seconds']:.4f} | "
                      f"{teacher} | {'-' if e['teacher_all'] is None else format(e['teacher_all'], '.3f')} | "
                      f"{'-' if e['teacher_seconds'] is None else format(e['teacher_seconds'], '.4f')} | "
                      f"{'-' if e['speedup'] is None else format(e['speedup'], '.1f') + 'x'} |")
