@@ -102,3 +102,14 @@ def test_matched_speedup_picks_the_cheapest_teacher_within_the_interval():
     assert entries["progressive 4"]["teacher"] == "teacher 16"
     assert entries["progressive 4"]["speedup"] == pytest.approx(12.5)
     assert entries["progressive 1"]["teacher"] is None and entries["progressive 1"]["speedup"] is None
+
+
+def test_models_embedded_plans_every_shipped_model_by_name():
+    from benchmarks.quality.harness import parse_args, plan_rows
+
+    rows, missing = plan_rows(parse_args(["--models", "embedded", "--teacher-steps", "16", "4"]))
+    assert missing == []
+    assert [(r.label, str(r.bundle)) for r in rows] == [
+        ("teacher 16", "demo-teacher"), ("teacher 4", "demo-teacher"), ("stage-1 16", "demo-stage1"),
+        ("stage-1 4", "demo-stage1"), ("progressive 8", "demo-8step"), ("progressive 4", "demo-4step"),
+        ("progressive 2", "demo-2step"), ("progressive 1", "demo-1step")]

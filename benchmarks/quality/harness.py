@@ -62,6 +62,8 @@ IMAGES_PER_ROW = 512
 """Default images per row and table: prompts x seeds, seeds rounded up (issue 11: >= 512)."""
 DEFAULT_PROMPTS = 128
 SWEEP_TEACHER_STEPS = 16
+EMBEDDED = "embedded"
+"""``--models embedded``: the demo models shipped in the package, by their embedded names."""
 SWEEP_STAGE1_STEPS = 4
 PROGRESSIVE_STEPS = (8, 4, 2, 1)
 QUICK_TEACHER_STEPS = (4, 1)
@@ -98,7 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python benchmarks/quality.py",
         description="Quality table of the demo models: teacher vs stage-1 vs progressive students.")
     parser.add_argument("--models", type=Path, help="folder holding teacher/, stage1/ and progressive/ "
-                        "(e.g. runs/demo); --teacher/--stage1/--progressive override its parts")
+                        "(e.g. runs/demo), or 'embedded' for the models shipped in the package (demo-teacher, "
+                        "demo-stage1, demo-8step ... demo-1step); --teacher/--stage1/--progressive override its parts")
     parser.add_argument("--teacher", type=Path, help="guided teacher bundle")
     parser.add_argument("--stage1", type=Path, help="stage-1 (guidance-distilled) student bundle")
     parser.add_argument("--progressive", type=Path, help="folder with steps-8, steps-4, steps-2, steps-1 bundles")
@@ -142,7 +145,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.teacher_steps = tuple(args.teacher_steps or (QUICK_TEACHER_STEPS if quick else TEACHER_STEPS))
     args.progressive_steps = tuple(args.progressive_steps or (QUICK_PROGRESSIVE_STEPS if quick else PROGRESSIVE_STEPS))
     args.trust_images = args.trust_images or (200 if quick else 1000)
-    if args.models is not None:
+    if args.models is not None and str(args.models) == EMBEDDED:
+        args.teacher = args.teacher or Path("demo-teacher")
+        args.stage1 = args.stage1 or Path("demo-stage1")
+        args.progressive = args.progressive or Path(EMBEDDED)
+    elif args.models is not None:
         args.teacher = args.teacher or args.models / "teacher"
         args.stage1 = args.stage1 or args.models / "stage1"
         args.progressive = args.progressive or args.models / "progressive"
@@ -156,18 +163,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _is_bundle(path) -> bool:
+    """A folder, or the name of a model embedded in the package (``demo-teacher`` ...)."""
+    from ane_diffusion.bundle import EMBEDDED_MODELS, embedded_root
+
+    name = str(path)
+    if name in EMBEDDED_MODELS:
+        return (embedded_root() / "models" / EMBEDDED_MODELS[name]).is_dir()
+    return Path(path).is_dir()
+
+
 def plan_rows(args: argparse.Namespace) -> tuple[list[RowSpec], list[str]]:
     """The rows to run, in table order, and one note per thing that is missing."""
     rows, missing = [], []
     for model, path in (("teacher", args.teacher), ("stage-1", args.stage1)):
         if path is None:
             missing.append(f"{model}: no bundle given; rows skipped")
-        elif not Path(path).is_dir():
+        elif not _is_bundle(path):
             missing.append(f"{model}: no bundle at {path}; rows skipped")
         else:
             rows += [RowSpec(f"{model} {n}", model, Path(path), n) for n in args.teacher_steps]
     if args.progressive is None:
         missing.append("progressive: no folder given; rows skipped")
+    elif str(args.progressive) == EMBEDDED:
+        for n in args.progressive_steps:
+            name = f"demo-{n}step"
+            if _is_bundle(name):
+                rows.append(RowSpec(f"progressive {n}", "progressive", Path(name), n))
+            else:
+                missing.append(f"progressive {n}: no embedded model {name}; row skipped")
     elif not Path(args.progressive).is_dir():
         missing.append(f"progressive: no folder at {args.progressive}; rows skipped")
     else:
