@@ -31,6 +31,8 @@ def run_cli(argv, capsys):
      "--target-steps 4 is not reachable by halving --start-steps 6"),
     (["guidance", "--teacher", "t", "-o", "{out}"], "exactly one of --data FOLDER, --shards SHARDS or --prompts FILE"),
     (["guidance", "--teacher", "t", "--data", "x", "--updates", "0", "-o", "{out}"], "--updates must be >= 1"),
+    (["guidance", "--teacher", "t", "--data", "x", "--guidance-lr-scale", "0", "-o", "{out}"],
+     "--guidance-lr-scale must be positive"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     argv = [a.replace("{out}", str(tmp_path / "run")) for a in argv]

@@ -123,7 +123,7 @@ def test_quick_mode_end_to_end(tiny_teacher, tiny_student, progressive_folder, t
                    str(progressive_folder), "--quick", "--out", str(out)])
     assert status == 0
     assert sorted(p.name for p in out.iterdir()) == ["quality.json", "quality.md", "samples-heldout.png",
-                                                     "samples-train.png"]
+                                                     "samples-train.png", "samples-w-sweep.png"]
     record = json.loads((out / "quality.json").read_text())
     assert {"date", "machine", "versions", "settings", "evaluator", "tables"} <= set(record)
     assert record["evaluator"]["trusted"] is True
@@ -141,6 +141,12 @@ def test_quick_mode_end_to_end(tiny_teacher, tiny_student, progressive_folder, t
             assert row["evaluations_per_image"] == evals[row["model"]]
             assert 0.0 <= row["all_attributes"] <= 1.0 and row["frechet"] >= 0.0
             assert row["images"] == 3 * 2
+            for name in ("shape", "position", "all"):
+                low, high = row["intervals"][name]
+                assert 0.0 <= low <= high <= 1.0
+        controls = table["frechet_controls"]
+        assert {"floor", "blurred", "colour_shifted", "validated"} <= set(controls)
+        assert [m["student"] for m in table["matched_speedup"]] == expected[3:]
         assert rows[0]["all_attributes"] == 1.0  # real images of the prompts: the evaluator reads them all
         assert all(row["seconds_per_image"] > 0 for row in rows[1:])
         grid = Image.open(out / table["samples"])
@@ -148,7 +154,16 @@ def test_quick_mode_end_to_end(tiny_teacher, tiny_student, progressive_folder, t
         assert grid.height == len(expected) * step
         assert (grid.width - GRID_LABEL_WIDTH) // step == len(table["grid_prompts"])
     assert len(set(record["tables"]["heldout"]["prompts"]) & set(record["tables"]["train"]["prompts"])) == 0
-    table_lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    sweep = record["w_sweep"]
+    assert sweep["ws"] == [0.0, 1.0, 3.0, 6.0] and sweep["teacher"] == "teacher 4"
+    assert set(sweep["fidelity"]) == {"teacher", "stage-1 4", "progressive 2"}
+    for label in ("stage-1 4", "progressive 2"):
+        result = sweep["fidelity"][label]
+        assert len(result["distance"]) == 4 and isinstance(result["passed"], bool)
+        assert set(sweep["accuracy"][label]) == {"0.0", "1.0", "3.0", "6.0"}
+    assert "## w sweep" in markdown and "Frechet feature space" in markdown
+    main_tables = markdown.split("## w sweep")[0]  # the sweep's own tables follow the two main ones
+    table_lines = [line for line in main_tables.splitlines() if line.startswith("| ") and line.count("|") == 12]
     assert len([line for line in table_lines if line.startswith("| model |")]) == 2
     for label in expected:
         assert sum(line.startswith(f"| {label} |") for line in table_lines) == 2

@@ -75,6 +75,8 @@ def register(subparsers) -> None:
     g.add_argument("--guidance-embedding-dim", type=int, default=256)
     g.add_argument("--guidance-lr-scale", type=float, default=DEFAULT_GUIDANCE_LR_SCALE,
                    help="the new guidance input learns at lr x this (default %(default)s; see docs/training.md)")
+    g.add_argument("--loss-weighting", choices=("truncated_snr", "sqrt_truncated_snr", "x"), default="truncated_snr",
+                   help="per-sample weight of the x-space error (default %(default)s: max(SNR, 1), as in the paper)")
     _common(g)
     g.set_defaults(run=run)
     s = stages.add_parser("progressive", help="stage 2: halve the steps down to --target-steps",
@@ -111,7 +113,7 @@ def config_from_args(args):
     else:
         stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
                          "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,
-                         "guidance_lr_scale": args.guidance_lr_scale}
+                         "guidance_lr_scale": args.guidance_lr_scale, "loss_weighting": args.loss_weighting}
                         if args.stage == "guidance" else
                         {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})
     return DistillConfig(

@@ -52,7 +52,11 @@ class RecipeSettings:
     distill_images: int = 8000
     distill_batch: int = 32
     distill_lr: float = 1e-4
-    guidance_updates: int = 1500
+    guidance_updates: int = 3000
+    """Was 1500; the stage-1 student's w response was still growing (issue 11, docs/training.md)."""
+    guidance_lr_scale: float = 100.0
+    """The stage-1 student's new guidance input learns at distill_lr x this (DistillConfig's default)."""
+    guidance_loss_weighting: str = "truncated_snr"
     progressive_start_steps: int = 16
     progressive_updates: int = 600
     decoder_updates: int = 1500
@@ -158,7 +162,8 @@ class Recipe:
         card = ModelCard(kind="teacher", prediction_type="epsilon", w_min=0.0, w_max=s.w_max * 2,
                          default_w=s.default_w, recommended_sampler="ddim", recommended_steps=64,
                          description="ane-diffusion demo teacher: captioned shape scenes, 32x32, trained here",
-                         training={"teacher": summary, "vae": vae_summary, "text_encoder": text_summary, "recipe": asdict(s),
+                         training={"teacher": summary, "vae": vae_summary, "text_encoder": text_summary,
+                                   "recipe": asdict(s),
                                    "latent_std_check": float(latents.std())})
         save_bundle(self.work / "teacher", TorchComponents(text_encoder, unet, vae), scheduler_config("epsilon"),
                     files, card)
@@ -187,7 +192,9 @@ class Recipe:
 
         s = self.settings
         distill_guidance(self.distill_config(self.work / "teacher", self.work / "stage1-run", s.guidance_updates,
-                                             w_min=s.w_min, w_max=s.w_max, prediction_type="v_prediction"))
+                                             w_min=s.w_min, w_max=s.w_max, prediction_type="v_prediction",
+                                             guidance_lr_scale=s.guidance_lr_scale,
+                                             loss_weighting=s.guidance_loss_weighting))
         (self.work / "stage1-run" / "student").rename(self.work / "stage1")
 
     def progressive(self) -> None:
@@ -300,13 +307,17 @@ def main(argv=None) -> int:
 
     settings = RecipeSettings()
     if args.smoke:
-        settings = RecipeSettings(train_images=256, vae_steps=3, text_steps=3, text_batch=16, teacher_steps=3, guidance_updates=3,
+        settings = RecipeSettings(train_images=256, vae_steps=3, text_steps=3, text_batch=16, teacher_steps=3,
+                                  guidance_updates=3,
                                   progressive_updates=2, progressive_start_steps=16, distill_images=16,
                                   distill_batch=4, decoder_updates=3, decoder_batch=4,
                                   decoder_samples_per_student=4)
     for item in args.set:
         name, _, value = item.partition("=")
-        setattr(settings, name, parse_setting(settings, name, value))
+        try:
+            setattr(settings, name, parse_setting(settings, name, value))
+        except ValueError as error:
+            parser.error(f"--set {item}: {error}")
     torch.set_num_threads(settings.threads)
     Recipe(args.work, settings, args.assets).run(args.only)
     return 0

@@ -25,7 +25,8 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 """Fields that may change between an interrupted run and its ``--resume``; all others must match
 (the run folder may have moved, and checkpoint/log frequency does not change the result)."""
 
-STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim", "guidance_lr_scale"),
+STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim", "guidance_lr_scale",
+                             "loss_weighting"),
                 "progressive": ("start_steps", "target_steps"),
                 "decoder": ("decoder_students", "feature_weight", "encoder_weight", "samples_per_student")}
 """Fields only one stage reads (left out of the other stage's card)."""
@@ -67,6 +68,8 @@ class DistillConfig:
     """The new guidance input (``time_embedding.cond_proj``) learns at ``lr x guidance_lr_scale``.
     It starts at zero and must grow to O(1) weights while the copied teacher weights only move a
     little: at the shared fine-tuning lr the student barely responds to w (issue 11)."""
+    loss_weighting: str = "truncated_snr"
+    """Per-sample weight of the x-space error: a key of ``distill.targets.LOSS_WEIGHTINGS``."""
 
     # stage 2 only
     start_steps: Optional[int] = None
@@ -184,6 +187,10 @@ class DistillConfig:
             raise ValueError(f"--w-min must be >= 0 (w = guidance_scale - 1), got {self.w_min}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"--prediction-type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        from .targets import LOSS_WEIGHTINGS
+
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"--loss-weighting must be one of {tuple(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if self.guidance_lr_scale <= 0:
             raise ValueError(f"--guidance-lr-scale must be positive, got {self.guidance_lr_scale}")
         if self.guidance_embedding_dim < 2:

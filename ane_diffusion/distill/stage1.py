@@ -27,7 +27,7 @@ from .config import DistillConfig
 from .data import check_data
 from .engine import Engine, MicroBatch
 from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config
-from .targets import guided_target, truncated_snr_weight, weighted_mse
+from .targets import LOSS_WEIGHTINGS, guided_target, weighted_mse
 
 STUDENT_DIR = "student"
 ADAPTER_FILE = "student-lora.safetensors"
@@ -60,6 +60,8 @@ class GuidanceLoss:
     w_min: float
     w_max: float
     autocast: Callable
+    loss_weighting: str = "truncated_snr"
+    """A key of :data:`~ane_diffusion.distill.targets.LOSS_WEIGHTINGS`."""
 
     def draw(self, batch: MicroBatch):
         """``(z_t, t, w)`` for the batch's latents: t (B,) CPU int64, z_t and w on the device."""
@@ -82,7 +84,7 @@ class GuidanceLoss:
         with torch.no_grad(), self.autocast():
             target = guided_teacher_x0(self.teacher, z, t, cond, uncond, alpha, sigma, w, self.teacher_kind)
         x_hat = predict_x0(student, z, t, cond, alpha, sigma, self.student_kind, w, self.embedding_dim)
-        return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
+        return weighted_mse(x_hat, target, LOSS_WEIGHTINGS[self.loss_weighting](alpha, sigma))
 
     def __call__(self, student, batch: MicroBatch):
         z, t, w = self.draw(batch)
@@ -128,7 +130,7 @@ def distill_guidance(cfg: DistillConfig) -> Path:
         student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)
         teacher = freeze(components.unet, engine.half_dtype)
     loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
-                        cfg.guidance_embedding_dim, cfg.w_min, cfg.w_max, engine.autocast)
+                        cfg.guidance_embedding_dim, cfg.w_min, cfg.w_max, engine.autocast, cfg.loss_weighting)
     result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data,
                                 lr_scales={GUIDANCE_INPUT: cfg.guidance_lr_scale})
     card = guidance_card(bundle, cfg, result.summary, data.summary())

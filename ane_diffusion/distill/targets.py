@@ -45,6 +45,21 @@ def truncated_snr_weight(alpha, sigma):
     return snr.clamp(min=1.0) if hasattr(snr, "clamp") else snr.clip(min=1.0)
 
 
+def sqrt_truncated_snr_weight(alpha, sigma):
+    """``sqrt(max(SNR, 1))``: between the x-space and the eps-space loss at low noise."""
+    return truncated_snr_weight(alpha, sigma) ** 0.5
+
+
+def x_weight(alpha, sigma):
+    """Weight 1 at every noise level: the plain x-space MSE."""
+    return alpha * 0 + 1
+
+
+LOSS_WEIGHTINGS = {"truncated_snr": truncated_snr_weight, "sqrt_truncated_snr": sqrt_truncated_snr_weight,
+                   "x": x_weight}
+"""Stage-1 loss weights by name (``DistillConfig.loss_weighting``); each maps (alpha, sigma) (B,) -> (B,)."""
+
+
 def weighted_mse(x_hat, target, weight):
     """Mean over the batch of ``weight_i * mean_pixels((x_hat_i - target_i)^2)``; weight (B,)."""
     per_sample = ((x_hat - target) ** 2).reshape(x_hat.shape[0], -1).mean(1)

@@ -7,13 +7,21 @@ image, per-attribute accuracy and all-five accuracy (read by the attribute evalu
 distance of evaluator features against as many real images of the same prompts, and wall-clock
 seconds per image (same backend, same process, after a warm-up call per model).
 
+Every accuracy comes with its 95% bootstrap interval (prompts resampled: :mod:`.stats`); each
+table carries the Frechet feature-space controls (:mod:`.controls`: real-vs-real floor, blurred and
+colour-shifted real images must score clearly worse) and the speed-up at matched quality
+(:mod:`.matched`); the train-split prompts also get the w sweep (:mod:`.wsweep`: accuracy per w and
+every student's distance to the teacher at the same and other w, with the w-fidelity verdict).
+Rows hold ``--images-per-row`` images (default 512: prompts x seeds, seeds rounded up).
+
 Two tables: prompts that are full captions of train-split scenes, and of held-out (shape, colour)
 combinations. Every row sees the same prompts and the same seeds (``seed ... seed + n - 1`` for the
 ``n`` images of each prompt), so the sample grid compares like with like.
 
 Outputs, each written atomically into ``--out``: ``quality.json`` (date, machine, versions,
 settings, evaluator accuracy, both tables), ``quality.md`` (the tables) and ``samples-train.png`` /
-``samples-heldout.png`` (rows = model/steps, columns = the first prompts, first seed).
+``samples-heldout.png`` (rows = model/steps, columns = the first prompts, first seed) and
+``samples-w-sweep.png`` (rows = models, columns = w).
 
 Run it through ``benchmarks/quality.py``; ``main(argv)`` here is the same entry point.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import json
 import os
 import platform
@@ -39,9 +48,23 @@ from ane_diffusion.demo.shapes import Scene, scenes_for
 
 from .evaluator import (ATTRIBUTES, DEFAULT_DIR, RESOLUTION, TRUST_THRESHOLD, Evaluator, is_trusted,
                         measure_accuracy, score)
+from .controls import validate_features
 from .frechet import frechet_distance_features
+from .matched import markdown_matched, matched_speedups
+from .stats import accuracy_with_intervals, correctness
+from ane_diffusion.distill.fidelity import MIN_RESPONSE_RATIO
 
-TEACHER_STEPS = (256, 64, 16, 8, 4, 2, 1)
+from .wsweep import DEFAULT_WS, as_arrays, fidelity_table, markdown_fidelity
+
+TEACHER_STEPS = (64, 16, 8, 4, 2, 1)
+"""Teacher and stage-1 rows by default (256 steps scores like 16 at 16x the cost: pass it explicitly)."""
+IMAGES_PER_ROW = 512
+"""Default images per row and table: prompts x seeds, seeds rounded up (issue 11: >= 512)."""
+DEFAULT_PROMPTS = 128
+SWEEP_TEACHER_STEPS = 16
+EMBEDDED = "embedded"
+"""``--models embedded``: the demo models shipped in the package, by their embedded names."""
+SWEEP_STAGE1_STEPS = 4
 PROGRESSIVE_STEPS = (8, 4, 2, 1)
 QUICK_TEACHER_STEPS = (4, 1)
 QUICK_PROGRESSIVE_STEPS = (2, 1)
@@ -54,7 +77,7 @@ REAL_SEED_OFFSET = {"train": 10_000, "heldout": 20_000}
 with ``seed + offset + 1``; the trust check with ``seed + offset + 2``."""
 
 COLUMNS = ("model", "steps", "evaluations_per_image", *ATTRIBUTES, "all_attributes", "frechet",
-           "seconds_per_image")
+           "seconds_per_image", "intervals")
 """Columns of every table row in ``quality.json`` (``quality.md`` shows the same, in this order)."""
 
 
@@ -77,7 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python benchmarks/quality.py",
         description="Quality table of the demo models: teacher vs stage-1 vs progressive students.")
     parser.add_argument("--models", type=Path, help="folder holding teacher/, stage1/ and progressive/ "
-                        "(e.g. runs/demo); --teacher/--stage1/--progressive override its parts")
+                        "(e.g. runs/demo), or 'embedded' for the models shipped in the package (demo-teacher, "
+                        "demo-stage1, demo-8step ... demo-1step); --teacher/--stage1/--progressive override its parts")
     parser.add_argument("--teacher", type=Path, help="guided teacher bundle")
     parser.add_argument("--stage1", type=Path, help="stage-1 (guidance-distilled) student bundle")
     parser.add_argument("--progressive", type=Path, help="folder with steps-8, steps-4, steps-2, steps-1 bundles")
@@ -87,8 +111,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="output folder (default: %(default)s)")
     parser.add_argument("--w", type=float, help="guidance weight (guidance_scale = 1 + w); default: the "
                         "teacher card's default_w")
-    parser.add_argument("--num-prompts", type=int, help="prompts per table (default 32; 3 with --quick)")
-    parser.add_argument("--images-per-prompt", type=int, help="seeds per prompt (default 4; 2 with --quick)")
+    parser.add_argument("--num-prompts", type=int, help=f"prompts per table (default {DEFAULT_PROMPTS}, fewer "
+                        "when the split has fewer scenes; 3 with --quick)")
+    parser.add_argument("--images-per-prompt", type=int, help="seeds per prompt (default: enough for "
+                        "--images-per-row; 2 with --quick)")
+    parser.add_argument("--images-per-row", type=int, default=IMAGES_PER_ROW,
+                        help="images per row and table when --images-per-prompt is not given (default %(default)s)")
+    parser.add_argument("--sweep-w", type=float, nargs="*", help="w values of the w sweep (default "
+                        f"{' '.join(f'{w:g}' for w in DEFAULT_WS)}; give none to skip the sweep)")
+    parser.add_argument("--sweep-teacher-steps", type=int,
+                        help=f"teacher steps in the w sweep (default {SWEEP_TEACHER_STEPS}; with --quick the first "
+                        "--teacher-steps)")
+    parser.add_argument("--sweep-stage1-steps", type=int, default=SWEEP_STAGE1_STEPS,
+                        help="stage-1 steps in the w sweep (default %(default)s; progressive students use their own)")
     parser.add_argument("--teacher-steps", type=int, nargs="+", help=f"teacher and stage-1 rows "
                         f"(default {' '.join(map(str, TEACHER_STEPS))})")
     parser.add_argument("--progressive-steps", type=int, nargs="+",
@@ -102,20 +137,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="few prompts and rows: a smoke test")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.num_prompts = args.num_prompts or (3 if quick else 32)
-    args.images_per_prompt = args.images_per_prompt or (2 if quick else 4)
+    args.num_prompts = args.num_prompts or (3 if quick else DEFAULT_PROMPTS)
+    if args.images_per_prompt is None and quick:
+        args.images_per_prompt = 2
+    if args.sweep_w is None:
+        args.sweep_w = list(DEFAULT_WS)
+    args.teacher_steps = tuple(args.teacher_steps or (QUICK_TEACHER_STEPS if quick else TEACHER_STEPS))
+    args.sweep_teacher_steps = args.sweep_teacher_steps or (args.teacher_steps[0] if quick else SWEEP_TEACHER_STEPS)
     args.teacher_steps = tuple(args.teacher_steps or (QUICK_TEACHER_STEPS if quick else TEACHER_STEPS))
     args.progressive_steps = tuple(args.progressive_steps or (QUICK_PROGRESSIVE_STEPS if quick else PROGRESSIVE_STEPS))
     args.trust_images = args.trust_images or (200 if quick else 1000)
-    if args.models is not None:
+    if args.models is not None and str(args.models) == EMBEDDED:
+        args.teacher = args.teacher or Path("demo-teacher")
+        args.stage1 = args.stage1 or Path("demo-stage1")
+        args.progressive = args.progressive or Path(EMBEDDED)
+    elif args.models is not None:
         args.teacher = args.teacher or args.models / "teacher"
         args.stage1 = args.stage1 or args.models / "stage1"
         args.progressive = args.progressive or args.models / "progressive"
     if not (args.teacher or args.stage1 or args.progressive or args.stage1_lora):
         parser.error("give --models DIR or at least one of --teacher / --stage1 / --progressive / --stage1-lora")
-    if args.num_prompts < 1 or args.images_per_prompt < 1:
-        parser.error("--num-prompts and --images-per-prompt must be >= 1")
+    if args.num_prompts < 1 or (args.images_per_prompt is not None and args.images_per_prompt < 1) \
+            or args.images_per_row < 1:
+        parser.error("--num-prompts, --images-per-prompt and --images-per-row must be >= 1")
+    if args.sweep_w and len(args.sweep_w) < 2:
+        parser.error("--sweep-w needs at least two values (or none to skip the sweep)")
     return args
+
+
+def _is_bundle(path) -> bool:
+    """A folder, or the name of a model embedded in the package (``demo-teacher`` ...)."""
+    from ane_diffusion.bundle import EMBEDDED_MODELS, embedded_root
+
+    name = str(path)
+    if name in EMBEDDED_MODELS:
+        return (embedded_root() / "models" / EMBEDDED_MODELS[name]).is_dir()
+    return Path(path).is_dir()
 
 
 def plan_rows(args: argparse.Namespace) -> tuple[list[RowSpec], list[str]]:
@@ -127,12 +184,19 @@ def plan_rows(args: argparse.Namespace) -> tuple[list[RowSpec], list[str]]:
             continue
         if path is None:
             missing.append(f"{model}: no bundle given; rows skipped")
-        elif not Path(path).is_dir():
+        elif not _is_bundle(path):
             missing.append(f"{model}: no bundle at {path}; rows skipped")
         else:
             rows += [RowSpec(f"{model} {n}", model, Path(path), n) for n in args.teacher_steps]
     if args.progressive is None:
         missing.append("progressive: no folder given; rows skipped")
+    elif str(args.progressive) == EMBEDDED:
+        for n in args.progressive_steps:
+            name = f"demo-{n}step"
+            if _is_bundle(name):
+                rows.append(RowSpec(f"progressive {n}", "progressive", Path(name), n))
+            else:
+                missing.append(f"progressive {n}: no embedded model {name}; row skipped")
     elif not Path(args.progressive).is_dir():
         missing.append(f"progressive: no folder at {args.progressive}; rows skipped")
     else:
@@ -174,12 +238,22 @@ def to_array(images) -> np.ndarray:
     return np.stack(out)
 
 
-def measure(evaluator: Evaluator, images: np.ndarray, scenes: Sequence[Scene], real_features: np.ndarray) -> dict:
-    """Per-attribute / all-five accuracy and the Frechet distance to ``real_features``."""
+def images_per_prompt(args: argparse.Namespace, prompts: int) -> int:
+    """``--images-per-prompt``, else enough seeds for ``--images-per-row`` images over ``prompts``."""
+    return args.images_per_prompt or max(1, math.ceil(args.images_per_row / max(prompts, 1)))
+
+
+def measure(evaluator: Evaluator, images: np.ndarray, scenes: Sequence[Scene], real_features: np.ndarray,
+            groups: np.ndarray | None = None) -> dict:
+    """Per-attribute / all-five accuracy, their 95% bootstrap intervals over ``groups`` (the prompt of
+    each image; default: each image its own), and the Frechet distance to ``real_features``."""
     predictions, features = evaluator.analyse(images)
     accuracy = score(predictions, scenes, evaluator.config.classes)
+    groups = np.arange(len(images)) if groups is None else groups
+    intervals = accuracy_with_intervals(correctness(predictions, scenes, evaluator.config.classes), groups)
     fd = frechet_distance_features(features, real_features) if len(images) >= 2 else float("nan")
-    return {**{name: accuracy[name] for name in ATTRIBUTES}, "all_attributes": accuracy["all"], "frechet": fd}
+    return {**{name: accuracy[name] for name in ATTRIBUTES}, "all_attributes": accuracy["all"], "frechet": fd,
+            "intervals": {name: value["interval"] for name, value in intervals.items()}}
 
 
 class Generator:
@@ -188,6 +262,8 @@ class Generator:
     def __init__(self, backend: str, w: float, seed: int, images_per_prompt: int):
         self.backend, self.w, self.seed, self.images_per_prompt = backend, w, seed, images_per_prompt
         self._pipelines: dict[Path, object] = {}
+        self._images: dict[tuple, list] = {}
+        """(bundle, steps, w, prompts, seeds) -> images: the w sweep reuses the main table's."""
 
     def pipeline(self, bundle: Path, warm_prompt: str):
         if bundle not in self._pipelines:
@@ -198,10 +274,11 @@ class Generator:
             self._pipelines[bundle] = pipe
         return self._pipelines[bundle]
 
-    def _run(self, pipe, prompts: list[str], steps: int):
+    def _run(self, pipe, prompts: list[str], steps: int, w: float | None = None):
         from ane_diffusion.pipeline import Settings
 
-        settings = Settings(steps=steps, w=self.w, sampler="ddim", seed=self.seed, num_images=self.images_per_prompt)
+        w = self.w if w is None else w
+        settings = Settings(steps=steps, w=w, sampler="ddim", seed=self.seed, num_images=self.images_per_prompt)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="this student was distilled for")
             return pipe.text_to_image(prompts, settings)
@@ -210,6 +287,7 @@ class Generator:
         """Images (scene-major) and timing figures of one row."""
         pipe = self.pipeline(spec.bundle, prompts[0])
         result = self._run(pipe, prompts, spec.steps)
+        self._images[self._key(spec.bundle, spec.steps, self.w, prompts)] = result.images
         count = len(result.images)
         guided = not pipe.card.is_student and self.w != 0
         calls_per_prompt = result.timings.unet_calls / len(prompts)
@@ -220,6 +298,17 @@ class Generator:
             "unet_seconds_per_image": result.timings.unet / count,
             "images": count,
         }
+
+
+    def _key(self, bundle: Path, steps: int, w: float, prompts: list[str]) -> tuple:
+        return (str(bundle), steps, float(w), tuple(prompts), self.seed, self.images_per_prompt)
+
+    def images_at(self, bundle: Path, steps: int, w: float, prompts: list[str]) -> list:
+        """Images of ``bundle`` at ``steps`` and ``w`` for ``prompts`` (this run's seeds), made once."""
+        key = self._key(bundle, steps, w, prompts)
+        if key not in self._images:
+            self._images[key] = self._run(self.pipeline(bundle, prompts[0]), prompts, steps, w).images
+        return self._images[key]
 
 
 def check_row(spec: RowSpec, w: float) -> str | None:
@@ -246,6 +335,59 @@ def default_w(args: argparse.Namespace, rows: list[RowSpec]) -> float:
         return float(args.w)
     teachers = [r for r in rows if r.model == "teacher"]
     return float(resolve_bundle(str((teachers or rows)[0].bundle)).card.default_w)
+
+
+def run_w_sweep(args, generator: Generator, rows: list[RowSpec], evaluator: Evaluator, prompts: list[str],
+                per_image: list[Scene], groups: np.ndarray):
+    """The w sweep on the train-split prompts (same seeds): the teacher at ``--sweep-teacher-steps``,
+    the stage-1 student at ``--sweep-stage1-steps`` and each progressive student at its own steps,
+    at every w of ``--sweep-w``. Returns ``(record, grid)``: per-attribute accuracy with intervals
+    per model and w, the w-fidelity table of each student against the teacher, and a PNG grid
+    (first prompt and seed; rows = models, columns = w)."""
+    from PIL import Image
+
+    ws = [float(w) for w in args.sweep_w]
+    teachers = [r for r in rows if r.model == "teacher"]
+    if not teachers:
+        return {"skipped": "no teacher row"}, None
+    models = {f"teacher {args.sweep_teacher_steps}": (teachers[0].bundle, args.sweep_teacher_steps)}
+    for spec in rows:
+        if spec.model == "stage-1" and spec.steps == args.sweep_stage1_steps:
+            models[spec.label] = (spec.bundle, spec.steps)
+        elif spec.model != "teacher" and spec.model != "stage-1":
+            models[spec.label] = (spec.bundle, spec.steps)
+    images, accuracy, skipped = {}, {}, []
+    for label, (bundle, steps) in models.items():
+        card = load_card(bundle)
+        if card.is_student and not all(card.w_min <= w <= card.w_max for w in ws):
+            skipped.append(f"{label}: w range [{card.w_min}, {card.w_max}] does not cover the sweep")
+            continue
+        images[label], accuracy[label] = {}, {}
+        for w in ws:
+            start = time.perf_counter()
+            pil = generator.images_at(bundle, steps, w, prompts)
+            images[label][w] = to_array(pil)
+            predictions = evaluator.predict(images[label][w])
+            accuracy[label][str(w)] = accuracy_with_intervals(
+                correctness(predictions, per_image, evaluator.config.classes), groups)
+            print(f"[quality] w sweep {label:16s} w={w:g}: all {accuracy[label][str(w)]['all']['accuracy']:.3f} "
+                  f"({time.perf_counter() - start:.1f}s)", flush=True)
+    teacher_label = next(iter(models))
+    if teacher_label not in images:
+        return {"skipped": "teacher not available"}, None
+    students = {label: by_w for label, by_w in images.items() if label != teacher_label}
+    fidelity = fidelity_table(images[teacher_label], students, ws)
+    cell_rows = [(label, [Image.fromarray(by_w[w][0]) for w in ws]) for label, by_w in images.items()]
+    record = {"ws": ws, "teacher": teacher_label, "prompts": len(prompts), "images_per_w": len(per_image),
+              "accuracy": accuracy, "fidelity": fidelity, "skipped": skipped,
+              "grid": "samples-w-sweep.png", "grid_prompt": prompts[0]}
+    return record, sample_grid(cell_rows)
+
+
+def load_card(bundle: Path):
+    from ane_diffusion.bundle import resolve_bundle
+
+    return resolve_bundle(str(bundle)).card
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -284,12 +426,21 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _with_interval(value, interval) -> str:
+    """``0.953 [0.93, 0.97]``, or the plain value without an interval."""
+    if interval is None or value is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
 def markdown_table(rows: list[dict]) -> str:
     header = ["model", "steps", "evals/image", *ATTRIBUTES, "all five", "Frechet", "s/image"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
+        intervals = row.get("intervals") or {}
         cells = [row["model"], _fmt(row["steps"]), _fmt(row["evaluations_per_image"]),
-                 *(_fmt(row[name]) for name in ATTRIBUTES), _fmt(row["all_attributes"]),
+                 *(_with_interval(row[name], intervals.get(name)) for name in ATTRIBUTES),
+                 _with_interval(row["all_attributes"], intervals.get("all")),
                  _fmt(row["frechet"], 2), _fmt(row["seconds_per_image"], 4)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -302,20 +453,52 @@ def markdown_report(record: dict) -> str:
     if not ev["trusted"]:
         lines += [f"**UNTRUSTED METRIC: the attribute evaluator reads real images below {ev['threshold']:.0%} "
                   "on some attribute; accuracy and Frechet numbers below cannot be relied on.**", ""]
+    sizes = ", ".join(f"{split}: {len(t['prompts'])} prompts x {t.get('images_per_prompt', s['images_per_prompt'])} "
+                      f"seeds" for split, t in record["tables"].items())
     lines += [f"{record['date']} on {record['machine']['platform']} ({s['backend']} backend, "
-              f"{s['threads']} thread(s)); w = {s['w']}, DDIM, {s['num_prompts']} prompts x "
-              f"{s['images_per_prompt']} seeds per table{' (quick mode)' if s['quick'] else ''}.", "",
+              f"{s['threads']} thread(s)); w = {s['w']}, DDIM; {sizes}{' (quick mode)' if s['quick'] else ''}.", "",
               "Accuracy: fraction of generated images the attribute evaluator reads as the prompt's attribute "
-              "(all five: every attribute right). Frechet: distance between evaluator features of the generated "
-              "images and of as many real images of the same prompts (the real row: two independent real draws, "
-              "the floor at this sample size). s/image: wall-clock per image, this run, same backend.", ""]
+              "(all five: every attribute right), with its 95% bootstrap interval (prompts resampled). Frechet: "
+              "distance between evaluator features of the generated images and of as many real images of the same "
+              "prompts (the real row: two independent real draws, the floor at this sample size; the feature space "
+              "is validated below on blurred and colour-shifted real images). s/image: wall-clock per image, this "
+              "run, same backend.", ""]
     for split, table in record["tables"].items():
         lines += [f"## {SPLIT_TITLES[split]}", "", markdown_table(table["rows"]), "",
                   f"Samples: `{table['samples']}` (columns: " +
                   "; ".join(f"{i + 1}. {p}" for i, p in enumerate(table["grid_prompts"])) + ")", ""]
+        controls = table.get("frechet_controls")
+        if controls:
+            lines += [f"Frechet feature space: real-vs-real floor {controls['floor']:.1f}; blurred "
+                      f"({controls['settings']['blur_radius']:g} px) {controls['blurred']:.1f} "
+                      f"({controls['ratios']['blurred']:.1f}x); colour-shifted {controls['settings']['colour_shift']} "
+                      f"{controls['colour_shifted']:.1f} ({controls['ratios']['colour_shifted']:.1f}x): "
+                      f"**{'validated' if controls['validated'] else 'NOT validated'}** (needs >= "
+                      f"{controls['min_ratio']:g}x the floor).", ""]
+        if table.get("matched_speedup"):
+            lines += ["Speed-up at matched quality (the teacher row with the fewest steps whose all-five accuracy "
+                      "reaches the student's interval; seconds per image from this run):", "",
+                      markdown_matched(table["matched_speedup"]), ""]
         notes = [f"{row['model']}: {n}" for row in table["rows"] for n in row.get("notes", [])]
         if notes:
             lines += ["Notes: " + "; ".join(sorted(set(notes))), ""]
+    sweep = record.get("w_sweep")
+    if sweep and "fidelity" in sweep:
+        ws = sweep["ws"]
+        lines += ["## w sweep (train-split prompts, same seeds at every w)", "",
+                  f"Reference: {sweep['teacher']}. Distances: mean absolute pixel difference (0-255) between a "
+                  "student's images at one w and the teacher's at each w; the same-w cell is bold. Verdict: closest "
+                  "to the teacher at the same w for every w, and change from the first to the last w >= "
+                  f"{MIN_RESPONSE_RATIO:g} of the teacher's.", "", markdown_fidelity(sweep["fidelity"], ws), "",
+                  "All-five accuracy [95% interval] per w:", "",
+                  "| model | " + " | ".join(f"w={w:g}" for w in ws) + " |", "|" + "---|" * (len(ws) + 1)]
+        for label, by_w in sweep["accuracy"].items():
+            lines.append(f"| {label} | " + " | ".join(
+                _with_interval(by_w[str(w)]["all"]["accuracy"], by_w[str(w)]["all"]["interval"]) for w in ws) + " |")
+        lines += ["", f"Samples: `{sweep['grid']}` (rows: models; columns: w = {', '.join(f'{w:g}' for w in ws)}; "
+                  f"prompt: {sweep['grid_prompt']}, first seed)", ""]
+        if sweep.get("skipped"):
+            lines += ["Skipped: " + "; ".join(sweep["skipped"]), ""]
     acc = ev["trust_check"]["accuracy"]
     lines += ["## Evaluator", "",
               f"Trusted: **{'yes' if ev['trusted'] else 'NO'}** (needs >= {ev['threshold']:.0%} per attribute "
@@ -407,22 +590,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[quality] WARNING: evaluator below {TRUST_THRESHOLD:.0%} on real images: metric untrusted",
               file=sys.stderr)
 
-    generator = Generator(args.backend, w, args.seed, args.images_per_prompt)
-    ipp = args.images_per_prompt
-    tables, grids = {}, {}
+    generator = Generator(args.backend, w, args.seed, 1)
+    tables, grids, sweep = {}, {}, None
     for split in SPLITS:
         scenes = choose_scenes(split, args.num_prompts, args.seed)
         if len(scenes) < args.num_prompts:
             missing.append(f"{split}: only {len(scenes)} scenes exist; {len(scenes)} prompts used, "
                            f"not {args.num_prompts}")
+        ipp = generator.images_per_prompt = images_per_prompt(args, len(scenes))
         prompts = [scene.caption(0) for scene in scenes]
         per_image = [scene for scene in scenes for _ in range(ipp)]
+        groups = np.repeat(np.arange(len(scenes)), ipp)
         real = render_real(scenes, ipp, args.seed + REAL_SEED_OFFSET[split])
         real_again = render_real(scenes, ipp, args.seed + REAL_SEED_OFFSET[split] + 1)
         real_features = evaluator.features(real)
         table = [{"model": "real images", "steps": None, "evaluations_per_image": 0,
-                  **measure(evaluator, real, per_image, evaluator.features(real_again)),
+                  **measure(evaluator, real, per_image, evaluator.features(real_again), groups),
                   "seconds_per_image": None, "images": len(real)}]
+        controls = validate_features(evaluator.features, real, real_again)
+        verdict = "validated" if controls["validated"] else "NOT validated"
+        print(f"[quality] {split:7s} Frechet controls: floor {controls['floor']:.1f}, blurred "
+              f"{controls['blurred']:.1f}, colour-shifted {controls['colour_shifted']:.1f}: {verdict}", flush=True)
         grid_columns = min(GRID_COLUMNS, len(scenes))
         from PIL import Image
 
@@ -430,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in runnable:
             row_start = time.perf_counter()
             images, timing = generator.generate(spec, prompts)
-            metrics = measure(evaluator, to_array(images), per_image, real_features)
+            metrics = measure(evaluator, to_array(images), per_image, real_features, groups)
             table.append({"model": spec.label, "steps": spec.steps, **timing, **metrics,
                           "bundle": str(spec.bundle), "notes": spec.notes})
             grid_rows.append((spec.label, [images[i * ipp] for i in range(grid_columns)]))
@@ -439,7 +627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({time.perf_counter() - row_start:.1f}s)", flush=True)
         grids[f"samples-{split}.png"] = sample_grid(grid_rows)
         tables[split] = {"title": SPLIT_TITLES[split], "prompts": prompts, "grid_prompts": prompts[:grid_columns],
-                         "samples": f"samples-{split}.png", "rows": table}
+                         "images_per_prompt": ipp, "samples": f"samples-{split}.png", "rows": table,
+                         "frechet_controls": controls, "matched_speedup": matched_speedups(table)}
+        if split == "train" and args.sweep_w:
+            sweep, sweep_grid = run_w_sweep(args, generator, runnable, evaluator, prompts, per_image, groups)
+            if sweep_grid is not None:
+                grids["samples-w-sweep.png"] = sweep_grid
 
     machine, versions = environment()
     record = {
@@ -450,7 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {"teacher": _str(args.teacher), "stage1": _str(args.stage1),
                      "stage1_lora": _str(getattr(args, "stage1_lora", None)),
                      "progressive": _str(args.progressive), "w": w, "sampler": "ddim",
-                     "num_prompts": args.num_prompts, "images_per_prompt": ipp, "seed": args.seed,
+                     "num_prompts": args.num_prompts, "images_per_prompt": args.images_per_prompt,
+                     "images_per_row": args.images_per_row, "seed": args.seed, "sweep_w": list(args.sweep_w),
+                     "sweep_teacher_steps": args.sweep_teacher_steps, "sweep_stage1_steps": args.sweep_stage1_steps,
                      "teacher_steps": list(args.teacher_steps), "progressive_steps": list(args.progressive_steps),
                      "backend": args.backend, "threads": args.threads, "quick": args.quick,
                      "evaluator": str(args.evaluator)},
@@ -458,6 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "trust_check": {"images_per_split": args.trust_images, "accuracy": trust}},
         "columns": list(COLUMNS),
         "tables": tables,
+        "w_sweep": sweep,
         "missing": missing,
         "seconds": None,
     }

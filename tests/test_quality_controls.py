@@ -1,0 +1,115 @@
+"""The quality harness's checks can fail: bootstrap intervals, the Frechet controls, the w-fidelity
+verdict and the matched-quality speed-up, each on inputs whose answer is known."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ane_diffusion.distill.fidelity import w_fidelity, w_response  # noqa: E402
+from benchmarks.quality.matched import matched_speedups  # noqa: E402
+from benchmarks.quality.stats import bootstrap_interval  # noqa: E402
+
+WS = (0.0, 1.0, 3.0, 6.0)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_data():
+    rng = np.random.default_rng(0)
+    small = rng.random(64) < 0.7
+    large = rng.random(4096) < 0.7
+    low, high = bootstrap_interval(small, np.arange(64))
+    assert low < small.mean() < high and 0.1 < high - low < 0.35  # ~ 2 x 1.96 x sqrt(0.21 / 64) = 0.22
+    low2, high2 = bootstrap_interval(large, np.arange(4096))
+    assert high2 - low2 < 0.25 * (high - low) and low2 < 0.7 < high2
+
+
+def test_bootstrap_resamples_prompts_not_images():
+    """16 prompts x 8 seeds where each prompt is all right or all wrong: the prompt-level interval is as
+    wide as 16 independent draws, far wider than treating the 128 images as independent."""
+    per_prompt = np.array([1] * 9 + [0] * 7, dtype=bool)
+    correct, groups = np.repeat(per_prompt, 8), np.repeat(np.arange(16), 8)
+    clustered = np.subtract(*bootstrap_interval(correct, groups)[::-1])
+    independent = np.subtract(*bootstrap_interval(correct, np.arange(128))[::-1])
+    assert clustered > 2 * independent
+    with pytest.raises(ValueError):
+        bootstrap_interval(correct, groups[:-1])
+
+
+def test_frechet_controls_rank_damaged_real_images_worse_than_the_floor():
+    from benchmarks.quality.controls import validate_features
+    from benchmarks.quality.evaluator import Evaluator
+    from benchmarks.quality.harness import choose_scenes, render_real
+
+    evaluator = Evaluator.load()
+    scenes = choose_scenes("train", 64, 0)
+    real, real_again = render_real(scenes, 4, 123), render_real(scenes, 4, 124)
+    controls = validate_features(evaluator.features, real, real_again)
+    assert controls["validated"], controls
+    assert controls["blurred"] > 3 * controls["floor"] and controls["colour_shifted"] > 3 * controls["floor"]
+    # features blind to the damage (the evaluator's shape, size and position READINGS, which it was
+    # trained to make despite blur, and which a colour shift does not touch) must fail the validation
+    classes = evaluator.config.classes
+
+    def readings(images):
+        predicted = evaluator.predict(images)
+        return np.concatenate([np.eye(len(classes[name]))[predicted[name]] for name in ("shape", "size", "position")],
+                              1)
+
+    blind = validate_features(readings, real, real_again)
+    assert not blind["validated"], blind
+
+
+def _teacher_sweep(rng, n=24):
+    """Fake teacher images: an object whose brightness grows with w, plus fixed per-seed noise."""
+    base = rng.integers(0, 200, size=(n, 8, 8, 3)).astype(float)
+    return {w: np.clip(base + 8.0 * w, 0, 255) for w in WS}
+
+
+def test_w_fidelity_passes_a_faithful_student_and_fails_one_that_ignores_w():
+    rng = np.random.default_rng(1)
+    teacher = _teacher_sweep(rng)
+    faithful = {w: teacher[w] + rng.normal(0, 2.0, teacher[w].shape) for w in WS}
+    result = w_fidelity(faithful, teacher, WS)
+    assert result["passed"] and result["nearest_teacher_w"] == list(WS) and result["response_ratio"] > 0.9
+    ignoring = {w: teacher[1.0] for w in WS}  # one guidance strength at every w (issue 11's students)
+    result = w_fidelity(ignoring, teacher, WS)
+    assert not result["passed"] and result["response_ratio"] == 0.0 and result["nearest_teacher_w"] == [1.0] * 4
+    weak = {w: teacher[0.0] + 0.5 * (teacher[w] - teacher[0.0]) for w in WS}  # half the teacher's change
+    result = w_fidelity(weak, teacher, WS)
+    assert not result["passed"] and result["response_ratio"] == pytest.approx(0.5, abs=0.05)
+    assert w_response(teacher, WS)[6.0] == pytest.approx(48.0, abs=3.0)
+    with pytest.raises(ValueError):
+        w_fidelity({0.0: teacher[0.0]}, teacher, WS)
+    with pytest.raises(ValueError):
+        w_fidelity({**faithful, 3.0: faithful[3.0] * np.nan}, teacher, WS)
+
+
+def test_matched_speedup_picks_the_cheapest_teacher_within_the_interval():
+    def row(model, steps, acc, seconds, interval=None):
+        return {"model": model, "steps": steps, "all_attributes": acc, "seconds_per_image": seconds,
+                "intervals": {"all": interval or [acc - 0.05, acc + 0.05]}}
+
+    rows = [{"model": "real images", "steps": None, "all_attributes": 1.0, "seconds_per_image": None,
+             "intervals": {"all": [1.0, 1.0]}},
+            row("teacher 64", 64, 0.90, 1.0), row("teacher 16", 16, 0.88, 0.25), row("teacher 4", 4, 0.50, 0.06),
+            row("progressive 4", 4, 0.90, 0.02, [0.86, 0.94]), row("progressive 1", 1, 0.97, 0.01, [0.95, 0.99])]
+    entries = {e["student"]: e for e in matched_speedups(rows)}
+    assert entries["progressive 4"]["teacher"] == "teacher 16"
+    assert entries["progressive 4"]["speedup"] == pytest.approx(12.5)
+    assert entries["progressive 1"]["teacher"] is None and entries["progressive 1"]["speedup"] is None
+
+
+def test_models_embedded_plans_every_shipped_model_by_name():
+    from benchmarks.quality.harness import parse_args, plan_rows
+
+    rows, missing = plan_rows(parse_args(["--models", "embedded", "--teacher-steps", "16", "4"]))
+    assert missing == []
+    assert [(r.label, str(r.bundle)) for r in rows] == [
+        ("teacher 16", "demo-teacher"), ("teacher 4", "demo-teacher"), ("stage-1 16", "demo-stage1"),
+        ("stage-1 4", "demo-stage1"), ("progressive 8", "demo-8step"), ("progressive 4", "demo-4step"),
+        ("progressive 2", "demo-2step"), ("progressive 1", "demo-1step")]
