@@ -115,7 +115,10 @@ def main(argv=None) -> int:
     prompts = [s.caption() for s in choose_scenes(SPLITS[0], args.num_prompts, 0)]
     rows = psnr_rows(prompts, args.images_per_prompt)
     pairs_png(rows, args.out / "pairs.png")
-    bundles = write_bundles(args.out / "bundles")
+    import tempfile
+
+    work = tempfile.TemporaryDirectory(prefix="decoder-quality-")  # float32 copies of the students
+    bundles = write_bundles(Path(work.name) / "bundles")
     tables = {}
     for decoder in ("full", "tiny"):
         cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--progressive", str(bundles),
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
                "--threads", str(args.threads)]
         subprocess.run(cmd, check=True, cwd=ROOT)
         tables[decoder] = json.loads((args.out / decoder / "quality.json").read_text())
+    work.cleanup()
     diffs = compare(tables)
     record = {"benchmark": "decoder quality (demo)", "date": rep.now(), "machine": rep.machine(),
               "versions": rep.versions(), "git_commit": rep.git_commit(ROOT),

@@ -299,7 +299,8 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
     with progress.stage(name, "trace") as info:
         wrapper = traceable(key, rewritten, geo)
         traced = trace(wrapper, example_inputs(key, geo, bundle))
-        info["detail"] = f"{opts.attention} attention"
+        info["detail"] = ("tiny autoencoder (convolutions only)" if options.get("decoder") == "tiny"
+                          else f"{opts.attention} attention")
     del wrapper, rewritten  # the traced module shares the weights; the cache drops its reference next
     modules.done(key)
     with progress.stage(name, "convert") as info:
