@@ -152,7 +152,7 @@ class Editor:
     def _run(self, prompt: str, s: EditSettings, pixels: np.ndarray, timesteps, mask, progress: bool) -> Result:
         pipe, timings = self.pipe, Timings()
         begin = time.perf_counter()
-        source = self.encode(pixels, timings, s.decoder)                                 # (1, 4, h, w)
+        source = self.encode(pixels, timings, s.decoder)                        # (1, 4, h, w)
         needs_uncond = not pipe.card.is_student and s.w != 0
         uncond = pipe.encode_prompts([s.negative_prompt], timings) if needs_uncond else None
         cond = pipe.encode_prompts([prompt], timings)
@@ -179,7 +179,7 @@ class Editor:
         x = pipe.sample(denoise, z, s.sampler, timesteps, sources, bar)
         if bar is not None:
             bar.close()
-        images = pipe.decode(x, timings, s.decoder)                                      # (N, 3, H, W)
+        images = pipe.decode(x, timings, s.decoder)                             # (N, 3, H, W)
         if mask is not None:
             weight = feathered(mask, radius=max(mask.shape[-1] / 64.0, 0.5))
             images = weight * images + (1.0 - weight) * pixels

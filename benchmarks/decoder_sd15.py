@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     rep.write_text(args.output_dir / "decoder-sd15.md", markdown(result))
     print(args.output_dir / "decoder-sd15.md")
     print(f"full {components['vae_decode']['median_s']:.2f}s, tiny {components['vae_decode_tiny']['median_s']:.3f}s "
-          f"({1 / ratio:.1f}x faster; FLOPs {components['vae_decode']['flops'] / components['vae_decode_tiny']['flops']:.1f}x)")
+          f"({1 / ratio:.1f}x faster; FLOPs "
+          f"{components['vae_decode']['flops'] / components['vae_decode_tiny']['flops']:.1f}x)")
     return 0
 
 
@@ -148,7 +149,8 @@ def markdown(r: dict) -> str:
         for row in c["students"]:
             ratios = " | ".join(f"**{row['vs_baseline'][n]:.1f}x** ({row['flops_vs_baseline'][n]:.1f}x)"
                                 for n in sorted(row["vs_baseline"], key=int))
-            lines.append(f"| {row['steps']} | {row['measured_total_s']:.1f} | {row['composed_total_s']:.1f} | {ratios} |")
+            lines.append(f"| {row['steps']} | {row['measured_total_s']:.1f} | {row['composed_total_s']:.1f} | "
+                         f"{ratios} |")
         lines += ["", "Guided baselines keep their full decoder (measured). With the tiny decoder they would take "
                   + ", ".join(f"{n} steps {t:.1f} s" for n, t in c["baseline_with_tiny_total_s"].items())
                   + " (composed the same way).", ""]

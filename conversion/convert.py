@@ -293,7 +293,8 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
     spec = opts.compress.get(key)
     chunked = key == "unet" and opts.chunk_unet
     files = package_files(key, chunked)
-    inputs_spec, outputs_spec = io_specs(key, geo, opts.precision, "tiny" if options.get("decoder") == "tiny" else "full")
+    variant = "tiny" if options.get("decoder") == "tiny" else "full"
+    inputs_spec, outputs_spec = io_specs(key, geo, opts.precision, variant)
 
     rewritten = modules.get(key)
     with progress.stage(name, "trace") as info:
