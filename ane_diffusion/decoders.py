@@ -138,5 +138,6 @@ def tiny_encoder(tiny, scaling_factor: float):
     return _wrappers()[1](tiny, scaling_factor)
 
 
-__all__ = ["DECODERS", "TINY", "available_decoders", "DecoderChoiceError", "build_tiny", "tiny_decoder", "tiny_encoder", "has_tiny",
+__all__ = ["DECODERS", "TINY", "available_decoders", "DecoderChoiceError", "build_tiny", "tiny_decoder",
+           "tiny_encoder", "has_tiny",
            "resolve_decoder", "tiny_config"]

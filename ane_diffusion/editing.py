@@ -205,7 +205,7 @@ class Editor:
     def _run(self, prompt: str, s: EditSettings, pixels: np.ndarray, timesteps, mask, progress: bool) -> Result:
         pipe, timings = self.pipe, Timings()
         begin = time.perf_counter()
-        source = self.encode(pixels, timings, s.decoder)                                 # (1, 4, h, w)
+        source = self.encode(pixels, timings, s.decoder)                        # (1, 4, h, w)
         needs_uncond = not pipe.card.is_student and s.w != 0
         uncond = pipe.encode_prompts([s.negative_prompt], timings) if needs_uncond else None
         cond = pipe.encode_prompts([prompt], timings)

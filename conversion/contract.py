@@ -196,7 +196,8 @@ class TensorSpec:
         return out
 
 
-def io_specs(key: str, geo: Geometry, precision: str, variant: str = "full") -> tuple[list[TensorSpec], list[TensorSpec]]:
+def io_specs(key: str, geo: Geometry, precision: str,
+             variant: str = "full") -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of component ``key`` for an export of geometry ``geo`` (``variant``: the
     VAE halves' ``tiny`` or ``full`` source; same tensors, the tiny encoder's log-variance is fixed);
     a multi-size export's tensors that change with the size list every shape (``shapes``)."""
@@ -258,7 +259,8 @@ def _io_specs(key: str, geo: Geometry, precision: str, variant: str = "full") ->
                             f"({geo.scaling_factor:g})")],
                 [TensorSpec("image", (1, 3, geo.height, geo.width), f, "RGB image in [-1, 1]")])
     if key == "vae_encoder":
-        fixed = f" (tiny encoder: deterministic, log-variance fixed at {TINY_LOG_VARIANCE:g})" if variant == "tiny" else ""
+        fixed = (f" (tiny encoder: deterministic, log-variance fixed at {TINY_LOG_VARIANCE:g})"
+                 if variant == "tiny" else "")
         return ([TensorSpec("x", (1, 3, geo.height, geo.width), f, "RGB image in [-1, 1]")],
                 [TensorSpec("latent", (1, 2 * c, h, w), f,
                             f"posterior mean (channels 0-{c - 1}) and log-variance (channels {c}-{2 * c - 1}) "

@@ -324,7 +324,8 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
     spec = opts.compress.get(key)
     chunked = key == "unet" and opts.chunk_unet
     files = package_files(key, chunked)
-    inputs_spec, outputs_spec = io_specs(key, geo, options["precision"], "tiny" if options.get("decoder") == "tiny" else "full")
+    variant = "tiny" if options.get("decoder") == "tiny" else "full"
+    inputs_spec, outputs_spec = io_specs(key, geo, options["precision"], variant)
 
     rewritten = modules.get(key)
     with progress.stage(name, "trace") as info:
@@ -336,7 +337,8 @@ def _convert_one(key: str, opts: ConvertOptions, bundle, geo: Geometry, options:
         else:
             wrapper = traceable(key, rewritten, geo)
             traced = trace(wrapper, example_inputs(key, geo, bundle))
-        info["detail"] = f"{opts.attention} attention"
+        info["detail"] = ("tiny autoencoder (convolutions only)" if variant == "tiny"
+                          else f"{opts.attention} attention")
     del wrapper, rewritten  # the traced module shares the weights; the cache drops its reference next
     modules.done(key)
     with progress.stage(name, "convert") as info:

@@ -382,6 +382,7 @@ class ConvertOptions:
         return record
 
 
-__all__ = ["ALL_COMPONENTS", "ATTENTION_KINDS", "COMPONENTS", "DECODER_CHOICES", "OPTIONAL_COMPONENTS", "CONTRACT_NAMES", "CompressionSpec", "ConversionError",
+__all__ = ["ALL_COMPONENTS", "ATTENTION_KINDS", "COMPONENTS", "DECODER_CHOICES", "OPTIONAL_COMPONENTS",
+           "CONTRACT_NAMES", "CompressionSpec", "ConversionError",
            "ConvertOptions", "PRECISIONS", "TARGETS", "component_key", "parse_components",
            "parse_compress_map", "parse_compression", "parse_sizes", "parse_target", "target_generation"]

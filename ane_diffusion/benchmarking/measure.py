@@ -185,5 +185,6 @@ def time_images(plan, prompt: str, warmup: int, repeats: int, log=None) -> list[
                                - entry["vae_decode_s"], 0.0)
         results.append(entry)
         if log:
-            log(f"{subject.role} {record['steps']} steps, {subject.decoder} decoder: median {entry['total']['median_s']:.3f}s per image")
+            log(f"{subject.role} {record['steps']} steps, {subject.decoder} decoder: median "
+                f"{entry['total']['median_s']:.3f}s per image")
     return results

@@ -118,5 +118,6 @@ def project(student_steps=(1, 2, 4), baselines=APPLE_BASELINES, work=None, decod
                                       "floor = student_FLOPs / peak Neural Engine throughput",
             "basis": "FLOPs of each published baseline's own model at 512x512 (SD 1.5 for SD 1.4, SD 2.1-base), "
                      "counted on the meta device; independent of this run's architecture and timings",
-            "assumptions": list(ASSUMPTIONS) + ([TINY_ASSUMPTION] if "tiny" in decoders else []), "baseline_source": BASELINE_SOURCE, "peak_caveat": PEAK_CAVEAT,
+            "assumptions": list(ASSUMPTIONS) + ([TINY_ASSUMPTION] if "tiny" in decoders else []),
+            "baseline_source": BASELINE_SOURCE, "peak_caveat": PEAK_CAVEAT,
             "peak_ne_tops": dict(PEAK_NE_TOPS), "rows": rows}

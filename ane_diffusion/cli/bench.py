@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                    help="teacher steps (default 20 50)")
     p.add_argument("--student-steps", type=int, nargs="+", default=[1, 2, 4], metavar="N",
                    help="student steps (default 1 2 4)")
+    p.add_argument("--decoders", nargs="+", choices=("full", "tiny"), default=["full", "tiny"],
+                   help="VAE decoders of the whole-image runs (default both: students at every step count, the "
+                        "baseline at its smallest; the tiny one is a random AutoencoderTiny sized for the VAE)")
     p.add_argument("--output-dir", type=Path, default=None, help="default: benchmarks/results of the checkout")
     p.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
     p.add_argument("--prompt", default=None, help="prompt of the whole-image runs (cost does not depend on it)")
@@ -59,6 +62,6 @@ def run(args) -> int:
         baseline_steps=tuple(args.baseline_steps), student_steps=tuple(args.student_steps),
         output_dir=args.output_dir, backend=args.backend, device=args.device, threads=args.threads,
         model=args.model, teacher_model=args.teacher_model, compute_units=args.compute_units,
-        prompt=args.prompt, check_unet=args.check_unet, plot=args.plot)
+        prompt=args.prompt, check_unet=args.check_unet, plot=args.plot, decoders=tuple(args.decoders))
     lib.run(options)
     return 0

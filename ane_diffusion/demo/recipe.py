@@ -59,10 +59,11 @@ class RecipeSettings:
     guidance_loss_weighting: str = "truncated_snr"
     progressive_start_steps: int = 16
     progressive_updates: int = 600
+    decoder_images: int = 2000
     decoder_updates: int = 1500
     decoder_batch: int = 16
     decoder_lr: float = 1e-3
-    decoder_samples_per_student: int = 1000
+    decoder_samples_per_student: int = 400
     threads: int = 1  # two processes with two threads each on two cores spin-wait: 10x slower
 
 
@@ -222,8 +223,14 @@ class Recipe:
             self.log(json.dumps({"stage": "decoder", "note": "earlier stages absent: trained from the shipped "
                                                              "float16 models"}))
         run = self.work / "decoder-run"
+        images = self.work / "decoder-images"
+        if not images.exists():
+            from .shapes import write_image_folder
+
+            write_image_folder(images, s.decoder_images, resolution=32, seed=s.seed + 3)
         cfg = dataclasses.replace(
-            self.distill_config(model, run, s.decoder_updates), batch_size=s.decoder_batch, lr=s.decoder_lr,
+            self.distill_config(model, run, s.decoder_updates), data=str(images), batch_size=s.decoder_batch,
+            lr=s.decoder_lr,
             warmup=min(100, s.decoder_updates // 10), ema_decay=None, decoder_students=students,
             samples_per_student=s.decoder_samples_per_student)
         bundle = distill_decoder(cfg)
@@ -310,7 +317,7 @@ def main(argv=None) -> int:
         settings = RecipeSettings(train_images=256, vae_steps=3, text_steps=3, text_batch=16, teacher_steps=3,
                                   guidance_updates=3,
                                   progressive_updates=2, progressive_start_steps=16, distill_images=16,
-                                  distill_batch=4, decoder_updates=3, decoder_batch=4,
+                                  distill_batch=4, decoder_images=16, decoder_updates=3, decoder_batch=4,
                                   decoder_samples_per_student=4)
     for item in args.set:
         name, _, value = item.partition("=")

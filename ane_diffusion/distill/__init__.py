@@ -8,7 +8,8 @@
 Modules: :mod:`.config` (settings), :mod:`.targets` (the method's formulas), :mod:`.data`
 (manifests, latent and embedding cache), :mod:`.engine` (accelerate, optimiser, EMA, logs),
 :mod:`.checkpoint` (pickle-free checkpoints), :mod:`.models` (torch glue), :mod:`.stage1`,
-:mod:`.stage2`, :mod:`.decoder` (stage 3: a tiny VAE decoder). The ``python -m ane_diffusion distill`` command is a thin shell around this API.
+:mod:`.stage2`, :mod:`.decoder` (stage 3: a tiny VAE decoder). The ``python -m ane_diffusion distill``
+command is a thin shell around this API.
 """
 
 from .checkpoint import CheckpointError
@@ -24,5 +25,7 @@ def distill_decoder(cfg):
 
     return run(cfg)
 
-__all__ = ["CheckpointError", "DataError", "DistillConfig", "distill_decoder", "distill_guidance", "distill_progressive",
+
+__all__ = ["CheckpointError", "DataError", "DistillConfig", "distill_decoder", "distill_guidance",
+           "distill_progressive",
            "halving_schedule"]

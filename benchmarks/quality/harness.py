@@ -130,6 +130,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"progressive rows (default {' '.join(map(str, PROGRESSIVE_STEPS))})")
     parser.add_argument("--seed", type=int, default=0, help="first noise seed and prompt-choice seed")
     parser.add_argument("--backend", default="torch")
+    parser.add_argument("--decoder", choices=("tiny", "full"), default=None,
+                        help="VAE decoder of every row (default: each model's own: tiny when it has one)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--evaluator", type=Path, default=DEFAULT_DIR, help="evaluator folder")
     parser.add_argument("--trust-images", type=int, help="fresh real images per split for the evaluator's "
@@ -259,8 +261,9 @@ def measure(evaluator: Evaluator, images: np.ndarray, scenes: Sequence[Scene], r
 class Generator:
     """Loads each bundle once, warms it up once, then generates rows with shared settings."""
 
-    def __init__(self, backend: str, w: float, seed: int, images_per_prompt: int):
+    def __init__(self, backend: str, w: float, seed: int, images_per_prompt: int, decoder: str | None = None):
         self.backend, self.w, self.seed, self.images_per_prompt = backend, w, seed, images_per_prompt
+        self.decoder = decoder
         self._pipelines: dict[Path, object] = {}
         self._images: dict[tuple, list] = {}
         """(bundle, steps, w, prompts, seeds) -> images: the w sweep reuses the main table's."""
@@ -278,7 +281,8 @@ class Generator:
         from ane_diffusion.pipeline import Settings
 
         w = self.w if w is None else w
-        settings = Settings(steps=steps, w=w, sampler="ddim", seed=self.seed, num_images=self.images_per_prompt)
+        settings = Settings(steps=steps, w=w, sampler="ddim", seed=self.seed, num_images=self.images_per_prompt,
+                            decoder=self.decoder)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="this student was distilled for")
             return pipe.text_to_image(prompts, settings)
@@ -590,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[quality] WARNING: evaluator below {TRUST_THRESHOLD:.0%} on real images: metric untrusted",
               file=sys.stderr)
 
-    generator = Generator(args.backend, w, args.seed, 1)
+    generator = Generator(args.backend, w, args.seed, 1, args.decoder)
     tables, grids, sweep = {}, {}, None
     for split in SPLITS:
         scenes = choose_scenes(split, args.num_prompts, args.seed)
@@ -648,6 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "sweep_teacher_steps": args.sweep_teacher_steps, "sweep_stage1_steps": args.sweep_stage1_steps,
                      "teacher_steps": list(args.teacher_steps), "progressive_steps": list(args.progressive_steps),
                      "backend": args.backend, "threads": args.threads, "quick": args.quick,
+                     "decoder": args.decoder or "each model's default",
                      "evaluator": str(args.evaluator)},
         "evaluator": {"trusted": trusted, "threshold": TRUST_THRESHOLD, "stored_accuracy": evaluator.stored_accuracy,
                       "trust_check": {"images_per_split": args.trust_images, "accuracy": trust}},
