@@ -79,7 +79,9 @@ def guidance_base(unet, embedding_dim: int):
 def add_lora(unet, rank: int, alpha: Optional[float] = None, targets=LORA_TARGETS, seed: int = 0):
     """Inject trainable LoRA adapters (rank ``rank``, scale ``alpha / rank``, default 1) into
     ``unet`` in place; every other weight is frozen except the guidance projection, which trains
-    in full. ``unet`` must have the guidance input (``time_cond_proj_dim`` set). Returns ``unet``.
+    in full. ``unet`` must have the guidance input (``time_cond_proj_dim`` set). The adapters'
+    random initialisation is drawn from ``seed`` (not the global generator), so runs repeat exactly.
+    Returns ``unet``.
 
     Raises ValueError for rank < 1 or a UNet without a guidance input.
     """

@@ -10,10 +10,12 @@ shards (``--shards``: streamed through the shuffle buffer). Rounds alternate the
 busy machine slows both alike. Rates are the training loop's own (``log.jsonl``'s
 ``updates_per_s``: data, teacher, student, optimiser), after the caches exist: the in-memory
 cache file and the stream's per-shard cache (warm). A cold stream (encoding on the fly, first
-epoch) is measured too. Writes ``benchmarks/results/distill_stream_speed-DATE.json``.
+epoch) is measured too. Writes ``benchmarks/results/distill_stream_speed-DATE.json`` (with the
+machine's load average at the end: on a shared machine only the ratio is meaningful).
 """
 
 import argparse
+import os
 import json
 import platform
 import sys
@@ -95,11 +97,14 @@ def main(argv=None) -> int:
                 print(f"round {round_} {name}: {results[name][-1]:.2f} updates/s "
                       f"({time.perf_counter() - start:.1f} s in all)", flush=True)
     median = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
+    paired = [round(s / m, 3) for s, m in zip(results["stream"], results["in_memory"])]  # same round
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
               "machine": f"{platform.machine()} {platform.system()} ({args.threads} torch thread(s))",
               "settings": vars(args) | {"output": str(args.output)}, "updates_per_s": results,
               "median_updates_per_s": median,
               "stream_over_in_memory": round(median["stream"] / median["in_memory"], 3),
+              "stream_over_in_memory_per_round": paired,
               "cold_stream_over_in_memory": round(median["stream_cold"] / median["in_memory"], 3),
               "torch": torch.__version__}
     args.output.mkdir(parents=True, exist_ok=True)

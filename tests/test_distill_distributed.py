@@ -116,7 +116,8 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.distributed
 def test_two_processes_stream_every_sample_once_per_epoch_and_resume(tmp_path):
-    """4 shards x 6 samples over 2 processes, batch 2 each: an epoch is 6 updates. The run dies
+    """A LoRA student (DDP over the adapters) on 4 shards x 6 samples, 2 processes, batch 2 each:
+    an epoch is 6 updates. The run dies
     before update 4 (checkpoint at 3: each process 6 samples into its epoch), resumes, and ends at
     update 9 (epoch 1 half done). Each epoch's samples across the processes are every sample once,
     and the resumed stream continues exactly where the checkpoint left it."""
@@ -139,7 +140,7 @@ def test_two_processes_stream_every_sample_once_per_epoch_and_resume(tmp_path):
                    "distill", "guidance", "--teacher", str(teacher), "--shards", str(tmp_path / "shards"),
                    "--output", str(output), "--updates", "9", "--batch-size", "2", "--lr", "1e-4",
                    "--guidance-embedding-dim", "16", "--checkpoint-every", "3", "--shuffle-buffer", "4",
-                   "--quiet", *extra]
+                   "--lora-rank", "4", "--quiet", *extra]
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         return result, [(keys / f"keys-{r}.txt").read_text().split() for r in range(2)]
 
@@ -160,3 +161,4 @@ def test_two_processes_stream_every_sample_once_per_epoch_and_resume(tmp_path):
     assert final == [{"epoch": 1, "offset": 6}] * 2
     card = resolve_bundle(output / "student").card
     assert card.training["processes"] == 2 and card.training["data"]["kind"] == "shards"
+    assert card.training["settings"]["lora_rank"] == 4 and (output / "student-lora.safetensors").is_file()

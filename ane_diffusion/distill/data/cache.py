@@ -1,4 +1,5 @@
-"""Encoding shards (webdataset tars, or Hugging Face ``datasets`` parquet files) into training tensors, chunk by chunk, with a disk cache (never the whole set in RAM).
+"""Encoding shards (webdataset tars, or Hugging Face ``datasets`` parquet files) into training
+tensors, chunk by chunk, with a disk cache (never the whole set in RAM).
 
 :class:`ShardEncoder` turns one webdataset shard into chunks of at most :data:`CHUNK` samples:
 ``(latents (n, C, h, w), embeddings (n, 77, D))`` float32 on the CPU -- VAE posterior means x the
