@@ -40,8 +40,10 @@ TOTAL = re.compile(r"total ([0-9.]+)s")
 
 
 def _run(command: list[str], env: dict) -> tuple[float, str]:
+    """Wall time and stderr of ``command``, run in the timed tree (``python -c``/``-m`` put the working
+    directory ahead of PYTHONPATH, so the working directory decides which code runs)."""
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=env["PYTHONPATH"])
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"error: {' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -81,7 +83,7 @@ def policy_threads(tree: Path, model: str) -> str:
     code = ("from ane_diffusion.threads import planned_threads; from ane_diffusion.bundle import resolve_bundle; "
             f"print(planned_threads(resolve_bundle({model!r})))")
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(tree)),
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tree)
     return done.stdout.strip() if done.returncode == 0 else "torch default (no policy in this tree)"
 
 

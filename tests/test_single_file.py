@@ -14,7 +14,7 @@ FAMILIES = {  # name: (base, UNet input channels, guidance input width, card kin
     "sd1": ("sd1", 4, None, "teacher", "epsilon"),
     "sd2-768-v": ("sd2", 4, None, "teacher", "v_prediction"),
     "sd1-inpainting": ("sd1", 9, None, "teacher", "epsilon"),
-    "sd2-inpainting": ("sd2", 9, None, "teacher", "epsilon"),
+    "sd2-inpainting-fp16": ("sd2", 9, None, "teacher", "epsilon"),
     "sd1-lcm-student": ("sd1", 4, 16, "lcm", "epsilon"),
 }
 
@@ -30,13 +30,14 @@ def test_each_family_loads_offline_and_computes_what_its_source_computes(family,
 
     base, channels, guidance, kind, prediction = FAMILIES[family]
     path = tmp_path / f"{family}.safetensors"
-    source = make_original_checkpoint(path, base, channels, guidance, seed=3)
+    source = make_original_checkpoint(path, base, channels, guidance, seed=3, half=family.endswith("fp16"))
     bundle = resolve_bundle(path)
     assert (bundle.card.kind, bundle.card.prediction_type) == (kind, prediction)
     assert bundle.configs["unet"]["in_channels"] == channels
     assert bundle.default_size == (96 if family == "sd2-768-v" else 64) * 8 // 4  # tiny VAE: factor 2, not 8
     assert bundle.tokenizer().pad_id == (0 if base == "sd2" else 49407)  # SD 2.x pads with "!"
     backend = TorchBackend(bundle, device="cpu")
+    assert all(p.dtype == torch.float32 for p in backend.components.unet.parameters())
     ids = np.array([bundle.tokenizer().encode("a photo of a cat")], np.int32)
     with torch.no_grad():
         expected_text = source.text_encoder(torch.from_numpy(ids).long())[0].numpy()

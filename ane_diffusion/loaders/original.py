@@ -272,6 +272,7 @@ def load_components(bundle: Bundle):
     """
     import tempfile
 
+    import torch
     from diffusers import StableDiffusionPipeline
 
     from ..torch_models import TorchComponents
@@ -286,7 +287,8 @@ def load_components(bundle: Bundle):
         try:
             pipe = StableDiffusionPipeline.from_single_file(
                 str(path), config=tmp, local_files_only=True, tokenizer=None, safety_checker=None,
-                feature_extractor=None, image_encoder=None, requires_safety_checker=False, **options)
+                feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+                torch_dtype=torch.float32, **options)  # shared files are often float16; the backend casts
         except Exception as exc:
             raise ModelLoadError(f"{path}: diffusers could not convert this checkpoint "
                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None

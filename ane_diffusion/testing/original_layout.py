@@ -133,8 +133,11 @@ def openclip_to_original(state: dict, hidden: int) -> dict:
 
 
 def make_original_checkpoint(path: Path, base: str = "sd1", in_channels: int = 4, guidance_dim: int | None = None,
-                             seed: int = 0, metadata: dict | None = None):
-    """Write a tiny original-layout checkpoint to ``path``; returns the source TorchComponents."""
+                             seed: int = 0, metadata: dict | None = None, half: bool = False):
+    """Write a tiny original-layout checkpoint to ``path``; returns the source TorchComponents.
+
+    ``half``: store float16 weights (as most shared files do); the returned modules hold the same
+    float16-rounded values in float32."""
     import torch
     from safetensors.torch import save_file
 
@@ -147,12 +150,17 @@ def make_original_checkpoint(path: Path, base: str = "sd1", in_channels: int = 4
         for name, param in components.unet.named_parameters():
             if name.endswith("norm1.weight") or "cond_proj" in name:
                 param.normal_(1.0 if "norm" in name else 0.0, 0.3)
+        if half:
+            for module in components.modules().values():
+                for param in module.parameters():
+                    param.copy_(param.half().float())
     components = TorchComponents(*(m.eval() for m in (components.text_encoder, components.unet, components.vae)))
     state = unet_to_original(components.unet.state_dict(), configs["unet"])
     state |= vae_to_original(components.vae.state_dict(), configs["vae"])
     text_state = {k: v for k, v in components.text_encoder.state_dict().items() if "position_ids" not in k}
     state |= (clip_to_original(text_state) if base == "sd1"
               else openclip_to_original(text_state, configs["text_encoder"]["hidden_size"]))
+    state = {k: v.half() if half and v.is_floating_point() else v for k, v in state.items()}
     save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path), metadata=metadata)
     return components
 
