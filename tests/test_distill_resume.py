@@ -16,7 +16,9 @@ from ane_diffusion.distill import CheckpointError, DistillConfig, distill_guidan
 from ane_diffusion.distill.engine import Engine
 from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
 
-TOLERANCE = {"rtol": 0.0, "atol": 1e-6}
+TOLERANCE = {"rtol": 0.0, "atol": 1e-5}
+"""A resumed run is not bit-exact (last-bit round-off, ~1.5e-8 on main before issue 11); the guidance
+input's 100x learning rate (DistillConfig.guidance_lr_scale) scales that up to ~1.4e-6 on its weights."""
 
 
 class Killed(Exception):
