@@ -1,6 +1,6 @@
 """Time to first image: a fresh ``python -m ane_diffusion generate`` against ``python -c "import torch"``.
 
-    /work/wt/heavy --big python benchmarks/first_image.py                # 5 interleaved rounds
+    python benchmarks/first_image.py                                     # 5 interleaved rounds
     python benchmarks/first_image.py --repeats 3 --threads 1 2 auto      # thread-policy sweep
     python benchmarks/first_image.py --tree /path/to/other/checkout      # e.g. the code before a change
 
@@ -15,8 +15,8 @@ waits), and the same command under ``python -X importtime`` (the split). The spl
 * ``load and rest``: what remains of the ``-X importtime`` run's wall time (reading the bundle and
   weights, building modules, writing the PNG, interpreter exit).
 
-Medians over the rounds are reported, with the machine's load average before and after (the
-machine is shared: run it through ``/work/wt/heavy --big``). Results: ``benchmarks/results/
+Medians over the rounds are reported, with the machine's load average before and after (run it on a quiet
+machine). Results: ``benchmarks/results/
 first-image-<label>.{json,md}``. The target of issue 15: generate <= 2x import torch.
 """
 
