@@ -60,7 +60,8 @@ def load_pipeline(model: Optional[str] = None, backend: str = "torch", loras: Se
     return Pipeline(bundle, make_backend(backend, bundle, **backend_options))
 
 
-def _student_lora_pipeline(model, backend: str, path, device=None, **options) -> Pipeline:
+def _student_lora_pipeline(model, backend: str, path, device=None, vae_precision: str = "auto",
+                           threads: Optional[int] = None, **options) -> Pipeline:
     from .backends.torch_backend import TorchBackend, default_dtype, select_device
     from .student_lora import student_bundle
 
@@ -68,7 +69,8 @@ def _student_lora_pipeline(model, backend: str, path, device=None, **options) ->
         raise ValueError("--student-lora runs on the torch backend (convert the fused student for Core ML)")
     target = select_device(device)
     bundle, components = student_bundle(resolve_bundle(model), Path(path), target, default_dtype(target))
-    return Pipeline(bundle, TorchBackend(bundle, device=device, components=components))
+    return Pipeline(bundle, TorchBackend(bundle, device=device, components=components,
+                                         vae_precision=vae_precision, threads=threads))
 
 
 def generate(prompts: Sequence[str] | str, model: Optional[str] = None, backend: str = "torch",

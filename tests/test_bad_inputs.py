@@ -133,7 +133,7 @@ CATALOGUE = [
     Case("verify-weight-bin-deleted", TRACEBACK, "verify --model default --coreml {export_no_weights}", 1,
          "FAIL: Unet damaged"),
     Case("distill-fp16-on-cpu", TRACEBACK, "distill guidance --teacher {teacher} --data {data} -o {work}/run "
-         "--mixed-precision fp16 --updates 1 --quiet", 2, "--mixed-precision fp16 needs a CUDA or Apple GPU"),
+         "--mixed-precision fp16 --updates 1 --quiet", 2, "--mixed-precision fp16 needs a CUDA or MPS device"),
     Case("edit-inpainting-unet", TRACEBACK, EDIT + " --model {inpaint9}", 2, "use inpaint"),
     Case("generate-inpainting-unet", TRACEBACK, GEN + " --model {inpaint9}", 2, "use inpaint"),
     # 3. accepted when it should not be, or silently changed

@@ -56,7 +56,7 @@ def test_low_strength_stays_close_to_the_source(tiny_student, source):
     image = Image.open(source[0])
     latents = []
     original = pipe.decode
-    pipe.decode = lambda x, timings: latents.append(x) or original(x, timings)
+    pipe.decode = lambda x, timings, *rest: latents.append(x) or original(x, timings, *rest)
     editor.image_to_image(image, "a red circle", EditSettings(steps=4, strength=0.25))
     editor.image_to_image(image, "a red circle", EditSettings(steps=4, strength=1.0))
     src = editor.encode(image_to_array(image), Timings())
@@ -88,9 +88,9 @@ def test_inpaint_known_latent_region_tracks_the_source(tiny_student, source, sam
     captured = {}
     original = pipe.decode
 
-    def decode(latents, timings):
+    def decode(latents, timings, *rest):
         captured["x"] = latents
-        return original(latents, timings)
+        return original(latents, timings, *rest)
 
     pipe.decode = decode
     editor.inpaint(image, empty, "x", EditSettings(steps=4, sampler=sampler))

@@ -31,7 +31,7 @@ from ..atomic import OutputError
 from .checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, restore_rng_states, save_checkpoint
 from .config import DistillConfig
 from .data import TrainingSet, load_training_set
-from .precision import check_precision
+from .precision import check_precision, default_device_type
 
 LOG_FILE = "log.jsonl"
 RECENT_LOSSES = 50
@@ -125,17 +125,6 @@ def student_state(student) -> dict:
     return trainable_state(student) if is_lora(student) else student.state_dict()
 
 
-def check_mixed_precision(mode: str) -> None:
-    """fp16 mixed precision needs a GPU (accelerate's fp16 autocast and grad scaler are CUDA/MPS
-    features; on the CPU the first forward fails with a dtype mismatch): refuse it up front."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if mode == "fp16" and not (torch.cuda.is_available() or mps):
-        raise ValueError("--mixed-precision fp16 needs a CUDA or Apple GPU and this machine has neither; "
-                         "use bf16 or no")
-
-
 def micro_batch_seed(*parts: int) -> int:
     """A 64-bit seed from integers (seed, phase, update, micro-batch, process)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
@@ -148,7 +137,8 @@ class Engine:
         from accelerate import Accelerator
 
         self.cfg, self.stage = cfg, stage
-        check_mixed_precision(cfg.mixed_precision)
+        # accelerate itself fails on what the device cannot run (and fp16 on a CPU leaves files): ask first
+        check_precision(cfg.mixed_precision, default_device_type())
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:  # else every process would write the same files

@@ -35,6 +35,21 @@ def _mps_bf16() -> bool:
     return bool(newer(14, 0)) if newer is not None else False
 
 
+def default_device_type() -> str:
+    """The device type accelerate will pick: ``cuda``, else ``mps``, else ``cpu`` (``cpu`` too when
+    ``ACCELERATE_USE_CPU`` is set)."""
+    import os
+
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
 def check_precision(mixed_precision: str, device) -> None:
     """Raise :class:`PrecisionError` when ``device`` (a torch.device or its type name) cannot train
     with ``mixed_precision`` (``"no"``, ``"fp16"`` or ``"bf16"``); return None otherwise."""

@@ -127,10 +127,15 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def check_data(cfg) -> int:
-    """Validate ``--data`` (manifest rows, each image's presence and header) or ``--prompts`` before a
-    run creates its folder; returns the number of examples or prompts. Raises :class:`DataError`."""
+    """Validate ``--data`` (manifest rows, each image's presence and header), ``--shards`` (the shard
+    files exist; their samples are checked as they stream, see ``--bad-data``) or ``--prompts`` before
+    a run creates its folder; returns the number of examples, shards or prompts. Raises :class:`DataError`."""
     from PIL import Image, UnidentifiedImageError
 
+    if getattr(cfg, "shards", None):
+        from .streams import list_shards
+
+        return len(list_shards(cfg.shards))
     if cfg.data is None:
         return len(read_prompts(Path(cfg.prompts)))
     manifest, examples = read_manifest(Path(cfg.data))
