@@ -179,8 +179,7 @@ class Editor:
 
     def encode(self, pixels: np.ndarray, timings: Timings, encoder: str = "full") -> np.ndarray:
         start = time.perf_counter()
-        options = {"encoder": encoder} if encoder != "full" else {}
-        latents = self.pipe.backend.encode_image(pixels, **options) * self.bundle.scaling_factor
+        latents = self.pipe.backend.encode_image(pixels, encoder) * self.bundle.scaling_factor
         timings.vae_encode += time.perf_counter() - start
         return check_output(latents, self.pipe.backend, "vae_encoder", "the VAE encoder's output").astype(np.float32)
 

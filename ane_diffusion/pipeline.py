@@ -196,8 +196,7 @@ class Pipeline:
         start = time.perf_counter()
         images = []
         for i in range(latents.shape[0]):
-            image = self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor,
-                                        **({"decoder": decoder} if decoder != "full" else {}))
+            image = self.backend.decode(latents[i:i + 1] / self.bundle.scaling_factor, decoder)
             images.append(check_output(image, self.backend, "vae_decoder",
                                        f"the {decoder} VAE decoder's output (image {i + 1} of {latents.shape[0]})"))
         timings.vae_decode += time.perf_counter() - start

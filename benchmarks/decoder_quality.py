@@ -61,7 +61,7 @@ def psnr_rows(prompts: list[str], seeds: int) -> list[dict]:
 
         def capture(latents, decoder="full"):
             captured.append(latents.copy())
-            return original(latents, decoder) if decoder != "full" else original(latents)
+            return original(latents, decoder)
 
         backend.decode = capture
         pipe.text_to_image(prompts, Settings(steps=steps, seed=0, num_images=seeds, decoder="full"))

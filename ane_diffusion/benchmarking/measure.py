@@ -45,7 +45,7 @@ class CountingBackend:
     def decode(self, latents, decoder: str = "full"):
         name = "vae_decode" if decoder == "full" else f"vae_decode_{decoder}"
         self.calls[(name, int(latents.shape[0]))] += 1
-        return self.inner.decode(latents, decoder=decoder) if decoder != "full" else self.inner.decode(latents)
+        return self.inner.decode(latents, decoder)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
