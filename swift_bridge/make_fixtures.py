@@ -263,7 +263,7 @@ class RecordingBackend:
             "output": floats(out)})
         return out
 
-    def decode(self, latents) -> np.ndarray:
+    def decode(self, latents, decoder: str = "full") -> np.ndarray:
         latents = np.asarray(latents, np.float32)
         up = latents.repeat(self.image_factor, axis=2).repeat(self.image_factor, axis=3)
         image = np.tanh(up[:, :3] * 0.8 + 0.1 * up[:, 3:4]).astype(np.float32)
