@@ -35,6 +35,10 @@ class ModelCard:
     default_w: float = 6.5
     """Paper convention: guidance_scale = 1 + w (see :mod:`ane_diffusion.guidance`)."""
     guidance_embedding_dim: Optional[int] = None
+    guidance_embedding_scale: float = 1000.0
+    """w is multiplied by this before the sinusoidal embedding (:mod:`ane_diffusion.guidance`): 1000
+    for LCM students and cards written before the field existed, ``STUDENT_W_SCALE`` for students
+    distilled since."""
     recommended_sampler: str = "ddim"
     recommended_steps: int = 4
     teacher: Optional[str] = None
@@ -47,6 +51,15 @@ class ModelCard:
     def is_student(self) -> bool:
         return self.kind != "teacher"
 
+    @property
+    def guidance_embedding(self):
+        """The student's :class:`~ane_diffusion.guidance.GuidanceEmbedding`; None for a teacher."""
+        from .guidance import GuidanceEmbedding
+
+        if not self.guidance_embedding_dim:
+            return None
+        return GuidanceEmbedding(int(self.guidance_embedding_dim), float(self.guidance_embedding_scale))
+
     def _check_types(self) -> None:
         """Each field holds its type: a card with ``"default_w": "3"`` is refused, not half-used."""
         import math
@@ -58,7 +71,7 @@ class ModelCard:
         for name in ("kind", "prediction_type", "recommended_sampler", "description"):
             if not isinstance(getattr(self, name), str):
                 fail(name, "a string")
-        for name in ("w_min", "w_max", "default_w"):
+        for name in ("w_min", "w_max", "default_w", "guidance_embedding_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 fail(name, "a finite number")
@@ -84,6 +97,8 @@ class ModelCard:
             raise CardError(f"card prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         if self.is_student and not self.guidance_embedding_dim:
             raise CardError(f"a {self.kind} card needs guidance_embedding_dim")
+        if self.guidance_embedding_scale <= 0:
+            raise CardError(f"card guidance_embedding_scale must be > 0, got {self.guidance_embedding_scale}")
         if self.w_min > self.w_max:
             raise CardError(f"card w range is empty: [{self.w_min}, {self.w_max}]")
         if self.steps is not None and self.steps < 1:

@@ -124,12 +124,13 @@ def one_update(args, device, teacher, student) -> float:
 
     from ane_diffusion.distill.engine import MicroBatch
     from ane_diffusion.distill.stage1 import GuidanceLoss
+    from ane_diffusion.guidance import STUDENT_W_SCALE, GuidanceEmbedding
     from ane_diffusion.schedule import DiscreteSchedule
 
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
     autocast = (lambda: torch.autocast(device.type, dtype=half)) if half else contextlib.nullcontext
     loss_fn = GuidanceLoss(teacher, DiscreteSchedule.scaled_linear(), "epsilon", "v_prediction",
-                           GUIDANCE_EMBEDDING_DIM, 1.0, 13.0, autocast)
+                           GuidanceEmbedding(GUIDANCE_EMBEDDING_DIM, STUDENT_W_SCALE), 1.0, 13.0, autocast)
     params = [p for p in student.parameters() if p.requires_grad]
     if args.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)

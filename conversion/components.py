@@ -7,7 +7,7 @@
 - :func:`example_inputs` / :func:`trace` produce the TorchScript module ``ct.convert`` takes.
 
 The student UNet wrapper takes the raw guidance weight ``w`` (B,) and computes its sinusoidal
-embedding itself (:func:`ane_diffusion.guidance.torch_guidance_embedding`), so an app feeds w
+embedding itself (the card's :class:`ane_diffusion.guidance.GuidanceEmbedding`), so an app feeds w
 directly; :mod:`.precision` keeps that embedding in float32 inside float16 packages.
 """
 
@@ -128,23 +128,23 @@ def load_module(bundle, name: str):
 def _student_unet_class():
     import torch
 
-    from ane_diffusion.guidance import torch_guidance_embedding
+    from ane_diffusion.guidance import GuidanceEmbedding
 
     from .ane.rewrite import UNetANEWrapper
 
     class StudentUNetANEWrapper(torch.nn.Module):
         """forward(sample, timestep, encoder_hidden_states (B, C, 1, S), guidance_weight (B,)) -> noise_pred.
 
-        The raw w goes in; its embedding (paper convention, sinusoid of w * 1000) is computed here.
+        The raw w goes in; its embedding (the card's: sinusoid of w x scale) is computed here.
         """
 
-        def __init__(self, unet, embedding_dim: int) -> None:
+        def __init__(self, unet, embedding: GuidanceEmbedding) -> None:
             super().__init__()
             self.inner = UNetANEWrapper(unet)
-            self.embedding_dim = int(embedding_dim)
+            self.embedding = embedding
 
         def forward(self, sample, timestep, encoder_hidden_states, guidance_weight):
-            cond = torch_guidance_embedding(guidance_weight, self.embedding_dim)  # (B, D) float32
+            cond = self.embedding.torch(guidance_weight)  # (B, D) float32
             return self.inner(sample, timestep, encoder_hidden_states, cond)
 
     return StudentUNetANEWrapper
@@ -172,7 +172,7 @@ def traceable(key: str, rewritten, geo: Geometry):
         return rewritten
     if key == "unet":
         if geo.student:
-            return _student_unet_class()(rewritten, geo.guidance_dim).eval()
+            return _student_unet_class()(rewritten, geo.guidance).eval()
         return rw.UNetANEWrapper(rewritten).eval()
     if type(rewritten).__name__ == "AutoencoderTiny":
         from ane_diffusion.decoders import tiny_decoder

@@ -92,6 +92,15 @@ class Geometry:
     sizes: tuple = ()
     """((height, width), ...) when one export takes several image sizes (enumerated shapes); the
     first is (height, width), the default shape."""
+    guidance_scale: float = 1000.0
+    """The card's ``guidance_embedding_scale`` (students only)."""
+
+    @property
+    def guidance(self):
+        """The student's :class:`~ane_diffusion.guidance.GuidanceEmbedding`; None for a teacher."""
+        from ane_diffusion.guidance import GuidanceEmbedding
+
+        return GuidanceEmbedding(self.guidance_dim, self.guidance_scale) if self.guidance_dim else None
 
     @property
     def latent_height(self) -> int:
@@ -170,6 +179,7 @@ def geometry_from_bundle(bundle, height: Optional[int] = None, width: Optional[i
     return Geometry(height=height, width=width, vae_factor=vae_factor, unet_factor=unet_factor,
                     latent_channels=latent_channels, scaling_factor=float(bundle.scaling_factor),
                     text_hidden=hidden, max_length=MAX_LENGTH, guidance_dim=guidance_dim,
+                    guidance_scale=float(card.guidance_embedding_scale),
                     unet_batch=1 if card.is_student else 2,
                     num_train_timesteps=int(configs["scheduler"].get("num_train_timesteps", 1000)),
                     prediction_type=card.prediction_type)
@@ -309,6 +319,7 @@ def source_fingerprint(bundle, key: str, module: Optional[str] = None) -> str:
     if key == "unet":
         payload["student"] = bool(bundle.card.is_student)
         payload["guidance_embedding_dim"] = bundle.card.guidance_embedding_dim
+        payload["guidance_embedding_scale"] = bundle.card.guidance_embedding_scale
     loras = (getattr(bundle, "extra", None) or {}).get("loras")
     if loras and module in ("unet", "text_encoder"):  # fused LoRAs change these weights
         payload["loras"] = [[lora["sha256"], lora["scale"]] for lora in loras]

@@ -241,6 +241,7 @@ def _set_metadata(mlmodel, key: str, geo: Geometry, bundle, options: dict, chunk
         "ane_diffusion.prediction_type": card.prediction_type,
         "ane_diffusion.w_convention": "paper: guidance_scale = 1 + w",
         "ane_diffusion.guidance_embedding_dim": str(geo.guidance_dim or ""),
+        "ane_diffusion.guidance_embedding_scale": str(geo.guidance_scale if geo.guidance_dim else ""),
         "ane_diffusion.image_size": f"{geo.height}x{geo.width}",
         "ane_diffusion.latent_shape": f"{geo.latent_channels}x{geo.latent_height}x{geo.latent_width}",
         "ane_diffusion.scaling_factor": f"{geo.scaling_factor:g}",

@@ -122,14 +122,12 @@ def torch_outputs(module, cases, bundle, geo) -> np.ndarray:
     """The PyTorch UNet's raw outputs on every case at once: (cases * B, C, h, w) float32."""
     import torch
 
-    from ane_diffusion.guidance import torch_guidance_embedding
-
     feeds = {k: torch.from_numpy(v) for k, v in _stack(cases).items()}
     cond = None
     if geo.guidance_dim:
         w = feeds.get("guidance_weight")
         w = torch.full((feeds["sample"].shape[0],), float(geo.fixed_w)) if w is None else w
-        cond = torch_guidance_embedding(w, int(geo.guidance_dim))
+        cond = geo.guidance.torch(w)
     ehs = feeds["encoder_hidden_states"].squeeze(2).transpose(1, 2)
     with torch.no_grad():
         return module(feeds["sample"], feeds["timestep"], ehs, timestep_cond=cond).sample.numpy()

@@ -207,8 +207,6 @@ def _reference(name: str, module, feeds: dict, bundle, contract: Optional[dict] 
 
         return apple_pipeline.reference(name, module, feeds, bundle, contract)
 
-    from ane_diffusion.guidance import torch_guidance_embedding
-
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
     with torch.no_grad():
         if name == "TextEncoder":
@@ -218,7 +216,7 @@ def _reference(name: str, module, feeds: dict, bundle, contract: Optional[dict] 
             ehs = t["encoder_hidden_states"].squeeze(2).transpose(1, 2)  # (B, C, 1, S) -> (B, S, C)
             cond = None
             if "guidance_weight" in t:
-                cond = torch_guidance_embedding(t["guidance_weight"], int(bundle.card.guidance_embedding_dim))
+                cond = bundle.card.guidance_embedding.torch(t["guidance_weight"])
             return {"noise_pred": module(t["sample"], t["timestep"], ehs, timestep_cond=cond).sample.numpy()}
         tiny = type(module).__name__ == "AutoencoderTiny"
         if name in ("VAEDecoder", "VAEDecoderFull"):

@@ -173,8 +173,8 @@ def noise_fixtures(out: Path) -> None:
 
 def guidance_fixtures(out: Path) -> None:
     ws = [0.0, 0.5, 1.0, 3.0, 7.5, 8.0, 14.0]
-    cases = [{"dim": dim, "w": w, "embedding": floats(guidance_embedding(w, dim)[0])}
-             for dim in (2, 3, 8, 33, 256) for w in ws]
+    cases = [{"dim": dim, "w": w, "scale": scale, "embedding": floats(guidance_embedding(w, dim, scale)[0])}
+             for scale in (1000.0, 1.0) for dim in (2, 3, 8, 33, 256) for w in ws]
     frequencies = {str(dim): floats(embedding_frequencies(dim)) for dim in (2, 4, 256, 320)}
     write_json(out / "guidance.json", {"cases": cases, "frequencies": frequencies})
 

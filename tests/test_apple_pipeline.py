@@ -113,6 +113,8 @@ def test_epsilon_and_decoder_scale_against_independent_arithmetic(apple_export, 
 
     bundle = resolve_bundle(str(apple_student))
     contract = read_contract(apple_export)
+    scale = bundle.card.guidance_embedding_scale  # the students' 1, not LCM's 1000: the wrapper must use it
+    assert scale == 1.0
     rng = np.random.default_rng(5)
     unet, vae = load_module(bundle, "unet"), load_module(bundle, "vae")
     schedule = DiscreteSchedule.from_diffusers_config(bundle.configs["scheduler"])
@@ -123,7 +125,7 @@ def test_epsilon_and_decoder_scale_against_independent_arithmetic(apple_export, 
         got = runner.predict({"sample": z, "timestep": np.array([t], np.float32), "encoder_hidden_states": ehs})
         with torch.no_grad():
             v = unet(torch.from_numpy(z), torch.tensor([float(t)]), torch.from_numpy(ehs).squeeze(2).transpose(1, 2),
-                     timestep_cond=torch_guidance_embedding(torch.tensor([2.5]), 16)).sample.double().numpy()
+                     timestep_cond=torch_guidance_embedding(torch.tensor([2.5]), 16, scale)).sample.double().numpy()
         alpha, sigma = (float(a) for a in schedule.alpha_sigma(t))
         x0 = alpha * z - sigma * v
         eps = (z - alpha * x0) / sigma

@@ -23,6 +23,7 @@ from ane_diffusion.distill import DistillConfig
 from ane_diffusion.distill.data import load_training_set
 from ane_diffusion.distill.models import alpha_sigma
 from ane_diffusion.distill.stage1 import GuidanceLoss
+from ane_diffusion.guidance import STUDENT_W_SCALE, GuidanceEmbedding
 from ane_diffusion.schedule import expand_like
 from ane_diffusion.student import add_guidance_input
 from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
@@ -79,7 +80,8 @@ def test_two_process_stage1_run(tmp_path):
     alpha, sigma = alpha_sigma(bundle.schedule, t, "cpu")
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
     z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
-    loss = GuidanceLoss(components.unet, bundle.schedule, "v_prediction", "v_prediction", 32, 0.0, 4.0,
+    loss = GuidanceLoss(components.unet, bundle.schedule, "v_prediction", "v_prediction",
+                        GuidanceEmbedding(32, STUDENT_W_SCALE), 0.0, 4.0,
                         contextlib.nullcontext)
     initial = add_guidance_input(components.unet, 32)
     with torch.no_grad():

@@ -12,6 +12,7 @@ from ane_diffusion.distill import DistillConfig, distill_guidance
 from ane_diffusion.distill.data import load_training_set
 from ane_diffusion.distill.models import alpha_sigma, predict_x0
 from ane_diffusion.distill.stage1 import GuidanceLoss
+from ane_diffusion.guidance import STUDENT_W_SCALE, GuidanceEmbedding
 from ane_diffusion.schedule import expand_like
 from ane_diffusion.student import add_guidance_input
 from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
@@ -20,6 +21,7 @@ from ane_diffusion.torch_models import load_components
 W_RANGE = (0.0, 4.0)
 EVAL_W = (1.0, 2.0, 3.0)
 EMBEDDING_DIM = 256
+EMBEDDING = GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE)
 
 
 def write_dataset(folder, count=12):
@@ -67,9 +69,9 @@ def test_untrained_student_is_the_teachers_conditional_model(run):
     with torch.no_grad():
         reference = predict_x0(teacher, z, t, cond, alpha, sigma, "v_prediction")
         for w in (0.0, 1.5, 4.0, 11.0):
-            x_hat = predict_x0(student, z, t, cond, alpha, sigma, "v_prediction", torch.full((8,), w), EMBEDDING_DIM)
+            x_hat = predict_x0(student, z, t, cond, alpha, sigma, "v_prediction", torch.full((8,), w), EMBEDDING)
             torch.testing.assert_close(x_hat, reference, rtol=0, atol=1e-6)
-        loss = GuidanceLoss(teacher, bundle.schedule, "v_prediction", "v_prediction", EMBEDDING_DIM, *W_RANGE,
+        loss = GuidanceLoss(teacher, bundle.schedule, "v_prediction", "v_prediction", EMBEDDING, *W_RANGE,
                             contextlib.nullcontext)
         assert loss.loss_at(student, z, t, cond, uncond, torch.zeros(8)).item() < 1e-10  # w = 0: no guidance
 
@@ -81,7 +83,7 @@ def test_short_run_halves_the_error_to_the_guided_teacher(run):
     z, t, cond, uncond = heldout(cfg, bundle, components)
     initial = add_guidance_input(components.unet, EMBEDDING_DIM)
     trained = load_components(resolve_bundle(student_path)).unet
-    loss = GuidanceLoss(components.unet, bundle.schedule, "v_prediction", "v_prediction", EMBEDDING_DIM, *W_RANGE,
+    loss = GuidanceLoss(components.unet, bundle.schedule, "v_prediction", "v_prediction", EMBEDDING, *W_RANGE,
                         contextlib.nullcontext)
     before, after = [], []
     with torch.no_grad():
@@ -127,7 +129,7 @@ def x_sweep(cfg, unet, student: bool):
     with torch.no_grad():
         for w in FIDELITY_W:
             ws = torch.full((8,), w)
-            out[w] = (predict_x0(unet, z, t, cond, alpha, sigma, "v_prediction", ws, EMBEDDING_DIM) if student else
+            out[w] = (predict_x0(unet, z, t, cond, alpha, sigma, "v_prediction", ws, EMBEDDING) if student else
                       guided_teacher_x0(unet, z, t, cond, uncond, alpha, sigma, ws, "v_prediction")).numpy()
     return out
 

@@ -12,6 +12,7 @@ from ane_diffusion.distill import DistillConfig, distill_progressive
 from ane_diffusion.distill.data import load_training_set
 from ane_diffusion.distill.models import alpha_sigma
 from ane_diffusion.distill.stage2 import ProgressiveLoss
+from ane_diffusion.guidance import STUDENT_W_SCALE, GuidanceEmbedding
 from ane_diffusion.schedule import expand_like
 from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
 from ane_diffusion.torch_models import load_components
@@ -52,7 +53,7 @@ def test_two_step_student_matches_the_four_step_teacher_better(run):
     data = load_training_set(cfg, bundle, components, f"{cfg.output}/cache", "cpu")
     x0, cond, _ = data.batch(np.arange(8))
     index = torch.tensor([0, 1] * 4)
-    loss = ProgressiveLoss(teacher, bundle.schedule, "v_prediction", EMBEDDING_DIM, 2, 0.0, 8.0,
+    loss = ProgressiveLoss(teacher, bundle.schedule, "v_prediction", GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE), 2, 0.0, 8.0,
                            contextlib.nullcontext)
     alpha, sigma = alpha_sigma(bundle.schedule, loss.timesteps(index)[0], "cpu")
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(99))

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..guidance import torch_guidance_embedding
+from ..guidance import GuidanceEmbedding
 from ..torch_models import import_torch as require_torch
 from ..torch_models import load_components
 
@@ -84,6 +84,8 @@ class TorchBackend:
         if self.vae_dtype != self.dtype:
             self._cast_vae(self.vae_dtype)
         self.guidance_dim = self.components.unet.config.get("time_cond_proj_dim")
+        self.guidance = (GuidanceEmbedding(int(self.guidance_dim), bundle.card.guidance_embedding_scale)
+                         if self.guidance_dim else None)
 
     def precision(self, component: str) -> str:
         """``float16`` / ``float32`` / ``bfloat16``: the dtype ``component`` computes in."""
@@ -107,9 +109,9 @@ class TorchBackend:
             batch = sample.shape[0]
             t = torch.full((batch,), int(timestep), device=self.device, dtype=torch.long)
             cond = None
-            if self.guidance_dim:
+            if self.guidance is not None:
                 w = np.zeros(batch, np.float32) if w is None else np.full(batch, w, np.float32) if np.ndim(w) == 0 else w
-                cond = torch_guidance_embedding(self._tensor(w, torch.float32), self.guidance_dim).to(self.dtype)
+                cond = self.guidance.torch(self._tensor(w, torch.float32)).to(self.dtype)
             out = self.components.unet(self._tensor(sample), t, encoder_hidden_states=self._tensor(hidden),
                                        timestep_cond=cond).sample
             return self._numpy(out)

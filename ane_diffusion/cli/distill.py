@@ -15,6 +15,7 @@ import argparse
 import os
 
 from ..distill.config import DEFAULT_GUIDANCE_LR_SCALE, DEFAULT_W_RANGE, MIXED_PRECISION
+from ..guidance import STUDENT_W_SCALE
 from ..schedule import PREDICTION_TYPES
 
 
@@ -73,6 +74,9 @@ def register(subparsers) -> None:
     g.add_argument("--prediction-type", choices=PREDICTION_TYPES, default="v_prediction",
                    help="the student's output parameterisation (default v_prediction)")
     g.add_argument("--guidance-embedding-dim", type=int, default=256)
+    g.add_argument("--guidance-embedding-scale", type=float, default=STUDENT_W_SCALE,
+                   help="w is multiplied by this before its sinusoidal embedding (default %(default)s; LCM "
+                        "uses 1000; see docs/training.md)")
     g.add_argument("--guidance-lr-scale", type=float, default=DEFAULT_GUIDANCE_LR_SCALE,
                    help="the new guidance input learns at lr x this (default %(default)s; see docs/training.md)")
     g.add_argument("--loss-weighting", choices=("truncated_snr", "sqrt_truncated_snr", "x"), default="truncated_snr",
@@ -113,6 +117,7 @@ def config_from_args(args):
     else:
         stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
                          "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,
+                         "guidance_embedding_scale": args.guidance_embedding_scale,
                          "guidance_lr_scale": args.guidance_lr_scale, "loss_weighting": args.loss_weighting}
                         if args.stage == "guidance" else
                         {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})

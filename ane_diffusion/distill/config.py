@@ -7,9 +7,11 @@ with one-line messages before any model is loaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
+from ..guidance import STUDENT_W_SCALE
 from ..schedule import PREDICTION_TYPES, trailing_timesteps
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -25,8 +27,8 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 """Fields that may change between an interrupted run and its ``--resume``; all others must match
 (the run folder may have moved, and checkpoint/log frequency does not change the result)."""
 
-STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim", "guidance_lr_scale",
-                             "loss_weighting"),
+STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim",
+                             "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting"),
                 "progressive": ("start_steps", "target_steps"),
                 "decoder": ("decoder_students", "feature_weight", "encoder_weight", "samples_per_student")}
 """Fields only one stage reads (left out of the other stage's card)."""
@@ -64,6 +66,9 @@ class DistillConfig:
     w_max: float = DEFAULT_W_RANGE[1]
     prediction_type: str = "v_prediction"
     guidance_embedding_dim: int = 256
+    guidance_embedding_scale: float = STUDENT_W_SCALE
+    """w is multiplied by this before the sinusoidal embedding (recorded in the card): see
+    :data:`ane_diffusion.guidance.STUDENT_W_SCALE`."""
     guidance_lr_scale: float = DEFAULT_GUIDANCE_LR_SCALE
     """The new guidance input (``time_embedding.cond_proj``) learns at ``lr x guidance_lr_scale``.
     It starts at zero and must grow to O(1) weights while the copied teacher weights only move a
@@ -193,6 +198,9 @@ class DistillConfig:
             raise ValueError(f"--loss-weighting must be one of {tuple(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if self.guidance_lr_scale <= 0:
             raise ValueError(f"--guidance-lr-scale must be positive, got {self.guidance_lr_scale}")
+        if not self.guidance_embedding_scale > 0 or not math.isfinite(self.guidance_embedding_scale):
+            raise ValueError(f"--guidance-embedding-scale must be a finite number > 0, got "
+                             f"{self.guidance_embedding_scale}")
         if self.guidance_embedding_dim < 2:
             raise ValueError(f"--guidance-embedding-dim must be >= 2, got {self.guidance_embedding_dim}")
 

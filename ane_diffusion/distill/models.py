@@ -1,7 +1,7 @@
 """Torch-side glue shared by both stages: schedule coefficients, x estimates, student bundles.
 
 Every network evaluation during distillation goes through :func:`predict_x0`, which feeds w the
-same way the runtime does (:func:`ane_diffusion.guidance.torch_guidance_embedding` into diffusers'
+same way the runtime does (:class:`ane_diffusion.guidance.GuidanceEmbedding` into diffusers'
 ``timestep_cond``) and converts the output with :func:`ane_diffusion.schedule.to_x0`.
 """
 
@@ -11,7 +11,7 @@ import copy
 from typing import Optional
 
 from ..card import ModelCard
-from ..guidance import torch_guidance_embedding
+from ..guidance import GuidanceEmbedding
 from ..schedule import expand_like, to_x0
 
 
@@ -25,13 +25,13 @@ def alpha_sigma(schedule, t, device):
             torch.as_tensor(sigma, dtype=torch.float32, device=device))
 
 
-def predict_x0(unet, z, t, hidden, alpha, sigma, kind: str, w=None, embedding_dim: Optional[int] = None):
+def predict_x0(unet, z, t, hidden, alpha, sigma, kind: str, w=None, embedding: Optional["GuidanceEmbedding"] = None):
     """The clean-sample estimate (B, C, H, W) float32 of ``unet`` at ``z`` (B, C, H, W).
 
     ``t`` (B,) long, ``hidden`` (B, 77, D), ``alpha``/``sigma`` (B,); ``w`` (B,) goes in through
-    the guidance embedding when ``embedding_dim`` is set (students), and is ignored otherwise.
+    ``embedding`` when it is set (students), and is ignored otherwise.
     """
-    cond = torch_guidance_embedding(w, embedding_dim) if embedding_dim else None
+    cond = embedding.torch(w) if embedding is not None else None
     out = unet(z, t, encoder_hidden_states=hidden, timestep_cond=cond).sample.float()
     return to_x0(out, z, expand_like(alpha, z), expand_like(sigma, z), kind)
 

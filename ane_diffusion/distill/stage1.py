@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..bundle import resolve_bundle
 from ..card import ModelCard
+from ..guidance import GuidanceEmbedding
 from ..schedule import add_noise, expand_like
 from .config import DistillConfig
 from .data import check_data
@@ -56,7 +57,7 @@ class GuidanceLoss:
     schedule: "object"
     teacher_kind: str
     student_kind: str
-    embedding_dim: int
+    embedding: GuidanceEmbedding
     w_min: float
     w_max: float
     autocast: Callable
@@ -83,7 +84,7 @@ class GuidanceLoss:
         t = t.to(z.device)
         with torch.no_grad(), self.autocast():
             target = guided_teacher_x0(self.teacher, z, t, cond, uncond, alpha, sigma, w, self.teacher_kind)
-        x_hat = predict_x0(student, z, t, cond, alpha, sigma, self.student_kind, w, self.embedding_dim)
+        x_hat = predict_x0(student, z, t, cond, alpha, sigma, self.student_kind, w, self.embedding)
         return weighted_mse(x_hat, target, LOSS_WEIGHTINGS[self.loss_weighting](alpha, sigma))
 
     def __call__(self, student, batch: MicroBatch):
@@ -97,7 +98,8 @@ def guidance_card(teacher_bundle, cfg: DistillConfig, summary: dict, data_summar
     return ModelCard(
         kind="guidance-distilled", prediction_type=cfg.prediction_type, steps=None,
         w_min=cfg.w_min, w_max=cfg.w_max, default_w=min(max(teacher.default_w, cfg.w_min), cfg.w_max),
-        guidance_embedding_dim=cfg.guidance_embedding_dim, recommended_sampler=teacher.recommended_sampler,
+        guidance_embedding_dim=cfg.guidance_embedding_dim, guidance_embedding_scale=cfg.guidance_embedding_scale,
+        recommended_sampler=teacher.recommended_sampler,
         recommended_steps=teacher.recommended_steps, teacher=teacher_bundle.source,
         lineage=list(teacher.lineage) + [lineage_entry(teacher, teacher_bundle.source)],
         training={"stage": "guidance", **summary, "data": data_summary, "settings": cfg.settings_for("guidance"),
@@ -130,7 +132,8 @@ def distill_guidance(cfg: DistillConfig) -> Path:
         student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)
         teacher = freeze(components.unet, engine.half_dtype)
     loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
-                        cfg.guidance_embedding_dim, cfg.w_min, cfg.w_max, engine.autocast, cfg.loss_weighting)
+                        GuidanceEmbedding(cfg.guidance_embedding_dim, cfg.guidance_embedding_scale), cfg.w_min,
+                        cfg.w_max, engine.autocast, cfg.loss_weighting)
     result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data,
                                 lr_scales={GUIDANCE_INPUT: cfg.guidance_lr_scale})
     card = guidance_card(bundle, cfg, result.summary, data.summary())

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..bundle import resolve_bundle
 from ..card import ModelCard
+from ..guidance import GuidanceEmbedding
 from ..samplers.ddim import ddim_step
 from ..schedule import CLEAN, add_noise, expand_like, trailing_timesteps
 from .checkpoint import CheckpointError
@@ -55,15 +56,15 @@ def two_step_timesteps(student_steps: int, index, num_train_timesteps: int = 100
     return student[index], teacher[2 * index + 1], ends[index]
 
 
-def teacher_two_steps(teacher, z_t, times, cond, w, schedule, kind: str, embedding_dim: int):
+def teacher_two_steps(teacher, z_t, times, cond, w, schedule, kind: str, embedding):
     """The teacher's two DDIM steps from ``z_t`` (B, C, H, W) along ``times = (t, t', t'')`` (CPU
     int64 tensors (B,)); returns ``(z_t'', alpha_t'', sigma_t'')``."""
     device = z_t.device
     (a_t, s_t), (a_mid, s_mid), (a_end, s_end) = (alpha_sigma(schedule, t, device) for t in times)
     t, t_mid = times[0].to(device), times[1].to(device)
-    x1 = predict_x0(teacher, z_t, t, cond, a_t, s_t, kind, w, embedding_dim)
+    x1 = predict_x0(teacher, z_t, t, cond, a_t, s_t, kind, w, embedding)
     z_mid = ddim_step(x1, z_t, *(expand_like(c, z_t) for c in (a_t, s_t, a_mid, s_mid)))
-    x2 = predict_x0(teacher, z_mid, t_mid, cond, a_mid, s_mid, kind, w, embedding_dim)
+    x2 = predict_x0(teacher, z_mid, t_mid, cond, a_mid, s_mid, kind, w, embedding)
     z_end = ddim_step(x2, z_mid, *(expand_like(c, z_t) for c in (a_mid, s_mid, a_end, s_end)))
     return z_end, a_end, s_end
 
@@ -75,7 +76,7 @@ class ProgressiveLoss:
     teacher: "object"
     schedule: "object"
     kind: str
-    embedding_dim: int
+    embedding: GuidanceEmbedding
     student_steps: int
     w_min: float
     w_max: float
@@ -108,9 +109,9 @@ class ProgressiveLoss:
         alpha, sigma = alpha_sigma(self.schedule, times[0], z.device)
         with torch.no_grad(), self.autocast():
             z_end, a_end, s_end = teacher_two_steps(self.teacher, z, times, cond, w, self.schedule,
-                                                    self.kind, self.embedding_dim)
+                                                    self.kind, self.embedding)
         target = two_step_target(z, z_end, alpha, sigma, a_end, s_end)
-        x_hat = predict_x0(student, z, times[0].to(z.device), cond, alpha, sigma, self.kind, w, self.embedding_dim)
+        x_hat = predict_x0(student, z, times[0].to(z.device), cond, alpha, sigma, self.kind, w, self.embedding)
         return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
 
     def __call__(self, student, batch: MicroBatch):
@@ -184,7 +185,7 @@ def distill_progressive(cfg: DistillConfig) -> list[Path]:
             student = trainable_copy(teacher_unet)
             teacher = freeze(teacher_unet, engine.half_dtype)
         loss = ProgressiveLoss(teacher, bundle.schedule, teacher_card.prediction_type,
-                               teacher_card.guidance_embedding_dim, steps, teacher_card.w_min, teacher_card.w_max,
+                               teacher_card.guidance_embedding, steps, teacher_card.w_min, teacher_card.w_max,
                                engine.autocast)
         result = engine.train_phase(index, f"steps-{steps}", student, loss, data)
         card = progressive_card(bundle.card, bundle.source, teacher_card, teacher_source, steps, cfg,

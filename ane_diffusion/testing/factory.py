@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..card import ModelCard
+from ..guidance import STUDENT_W_SCALE
 from ..schedule import DiscreteSchedule
 
 TINY_CORPUS = [
@@ -53,8 +54,11 @@ def tiny_tokenizer_files(corpus=TINY_CORPUS) -> tuple[dict, dict]:
 
 def make_tiny_bundle(folder: Path, student: bool = False, seed: int = 0, prediction_type: str = "epsilon",
                      embedding_dim: int = 16, steps: int | None = None, sample_size: int = 8,
-                     card: ModelCard | None = None, unet_in_channels: int = 4) -> Path:
+                     card: ModelCard | None = None, unet_in_channels: int = 4,
+                     embedding_scale: float = STUDENT_W_SCALE) -> Path:
     """Write a tiny teacher (or guidance-conditioned student) bundle to ``folder``.
+
+    A student's card records ``embedding_scale`` (default: what students distilled here record).
 
     ``unet_in_channels=9`` makes a dedicated inpainting UNet (latent, mask, masked-image latent).
     """
@@ -76,6 +80,7 @@ def make_tiny_bundle(folder: Path, student: bool = False, seed: int = 0, predict
     if card is None:
         card = (ModelCard(kind="guidance-distilled", prediction_type=prediction_type, steps=steps,
                           w_min=0.0, w_max=8.0, default_w=3.0, guidance_embedding_dim=embedding_dim,
+                          guidance_embedding_scale=embedding_scale,
                           recommended_sampler="ddim", recommended_steps=steps or 4,
                           description="tiny random student for tests")
                 if student else

@@ -129,7 +129,6 @@ def _alpha_sigma_tables(bundle):
 def _classes():
     import torch
 
-    from ane_diffusion.guidance import torch_guidance_embedding
     from ane_diffusion.schedule import eps_from_prediction
 
     class AppleUNet(torch.nn.Module):
@@ -138,11 +137,11 @@ def _classes():
         ``unet(sample, timestep, encoder_hidden_states, timestep_cond)`` is the student (ANE-rewritten
         or not); the guidance embedding of the fixed w is a float32 constant."""
 
-        def __init__(self, unet, w: float, embedding_dim: int, bundle, kind: str) -> None:
+        def __init__(self, unet, w: float, embedding, bundle, kind: str) -> None:
             super().__init__()
             self.unet = unet
             self.kind = kind
-            self.register_buffer("cond", torch_guidance_embedding(torch.tensor([float(w)]), int(embedding_dim)))
+            self.register_buffer("cond", embedding.torch(torch.tensor([float(w)])))  # (1, D) float32
             alpha, sigma = _alpha_sigma_tables(bundle)
             self.register_buffer("alpha", alpha)
             self.register_buffer("sigma", sigma)
@@ -186,7 +185,7 @@ def traceable(key: str, rewritten, geo, bundle):
     if key == "text_encoder":
         return rewritten  # casts float ids to integers itself
     if key == "unet":
-        return apple_unet(rw.UNetANEWrapper(rewritten), geo.fixed_w, geo.guidance_dim, bundle,
+        return apple_unet(rw.UNetANEWrapper(rewritten), geo.fixed_w, geo.guidance, bundle,
                           geo.prediction_type).eval()
     if key == "vae_decoder":
         return apple_decoder(rw.VAEDecoderANEWrapper(rewritten), fold(geo)).eval()
@@ -220,7 +219,7 @@ def reference(name: str, module, feeds: dict, bundle, contract: dict) -> dict:
                 ehs = ehs.squeeze(2).transpose(1, 2)  # (B, C, 1, S) -> (B, S, C)
                 return module(sample, timestep, ehs, timestep_cond=cond).sample
 
-            wrapper = apple_unet(student, section["guidance_weight"], bundle.card.guidance_embedding_dim, bundle,
+            wrapper = apple_unet(student, section["guidance_weight"], bundle.card.guidance_embedding, bundle,
                                  section["source_prediction_type"])
             wrapper.unet = student  # a plain function, not a module
             return {"noise_pred": wrapper(t["sample"], t["timestep"], t["encoder_hidden_states"]).numpy()}

@@ -33,6 +33,7 @@ final class ContractTests: XCTestCase {
         XCTAssertEqual(contract.model.predictionType, .vPrediction)
         XCTAssertEqual(contract.model.steps, 4)
         XCTAssertEqual(contract.model.guidanceEmbeddingDim, 256)
+        XCTAssertEqual(contract.model.guidanceEmbeddingScale, 1000)  // ModelCard's default, written out by Python
         XCTAssertEqual(contract.latentShape, [4, 64, 64])
         XCTAssertEqual(contract.vaeScaleFactor, 8)
         XCTAssertEqual(contract.components.unet.chunks, ["UnetChunk1.mlpackage", "UnetChunk2.mlpackage"])
@@ -127,6 +128,12 @@ final class ContractTests: XCTestCase {
         model["guidance_embedding_dim"] = NSNull()
         json["model"] = model
         XCTAssertEqual(failure(json), "model.guidance_embedding_dim: a lcm card needs guidance_embedding_dim")
+
+        json = try example()
+        model = json["model"] as! [String: Any]
+        model["guidance_embedding_scale"] = 0
+        json["model"] = model
+        XCTAssertEqual(failure(json), "model.guidance_embedding_scale: card guidance_embedding_scale must be > 0, got 0.0")
 
         let dtype = withUnetInputs(try example()) { $0[0]["dtype"] = "int64" }
         XCTAssertTrue(failure(dtype).hasPrefix("components.Unet.inputs[0].dtype:"), failure(dtype))

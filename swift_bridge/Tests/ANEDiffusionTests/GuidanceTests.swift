@@ -3,7 +3,7 @@ import XCTest
 
 final class GuidanceTests: XCTestCase {
     struct Golden: Decodable {
-        struct Case: Decodable { let dim: Int; let w: Double; let embedding: [Double] }
+        struct Case: Decodable { let dim: Int; let w: Double; let scale: Float; let embedding: [Double] }
         let cases: [Case]
         let frequencies: [String: [Double]]
     }
@@ -14,13 +14,13 @@ final class GuidanceTests: XCTestCase {
             assertClose(try Guidance.embeddingFrequencies(dim: Int(dim)!), expected, relative: 2e-7, absolute: 0, "freq \(dim)")
         }
         for c in golden.cases {
-            // sin/cos of float32 angles up to 1000 * w = 14000 rad: one float32 ulp of the angle
+            // sin/cos of float32 angles up to scale * w = 14000 rad: one float32 ulp of the angle
             // (0.001 there) moves the result by as much, and numpy's float32 exp (the frequencies)
             // is only good to ~1.5 ulp while Swift's is correctly rounded. So the tolerance is
             // a few ulps of each element's angle, plus float32 rounding.
-            let embedding = try Guidance.embedding(w: c.w, dim: c.dim)
+            let embedding = try Guidance.embedding(w: c.w, dim: c.dim, scale: c.scale)
             let frequencies = try Guidance.embeddingFrequencies(dim: c.dim)
-            let angles = frequencies.map { Double(Float(c.w) * Guidance.wScale * $0) }
+            let angles = frequencies.map { Double(Float(c.w) * c.scale * $0) }
             let padded = angles + angles + (c.dim % 2 == 1 ? [0] : [])
             XCTAssertEqual(embedding.count, c.embedding.count)
             for (index, (value, expected)) in zip(embedding, c.embedding).enumerated() {

@@ -36,6 +36,8 @@ public struct ModelCard: Codable, Equatable, Sendable {
     /// Paper convention: guidance_scale = 1 + w.
     public var defaultW: Double
     public var guidanceEmbeddingDim: Int?
+    /// `w` is multiplied by this before its embedding (1000: LCM's convention, and older cards).
+    public var guidanceEmbeddingScale: Double
     /// A sampler name; may be one the Swift bridge lacks (`dpmpp-2m`).
     public var recommendedSampler: String
     public var recommendedSteps: Int
@@ -45,7 +47,8 @@ public struct ModelCard: Codable, Equatable, Sendable {
     public var isStudent: Bool { kind != .teacher }
 
     public init(kind: Kind, predictionType: PredictionType, steps: Int? = nil, wMin: Double = 0, wMax: Double = 14,
-                defaultW: Double = 6.5, guidanceEmbeddingDim: Int? = nil, recommendedSampler: String = "ddim",
+                defaultW: Double = 6.5, guidanceEmbeddingDim: Int? = nil, guidanceEmbeddingScale: Double = 1000,
+                recommendedSampler: String = "ddim",
                 recommendedSteps: Int = 4, teacher: String? = nil, description: String = "") {
         self.kind = kind
         self.predictionType = predictionType
@@ -54,6 +57,7 @@ public struct ModelCard: Codable, Equatable, Sendable {
         self.wMax = wMax
         self.defaultW = defaultW
         self.guidanceEmbeddingDim = guidanceEmbeddingDim
+        self.guidanceEmbeddingScale = guidanceEmbeddingScale
         self.recommendedSampler = recommendedSampler
         self.recommendedSteps = recommendedSteps
         self.teacher = teacher
@@ -68,6 +72,7 @@ public struct ModelCard: Codable, Equatable, Sendable {
         case wMax = "w_max"
         case defaultW = "default_w"
         case guidanceEmbeddingDim = "guidance_embedding_dim"
+        case guidanceEmbeddingScale = "guidance_embedding_scale"
         case recommendedSampler = "recommended_sampler"
         case recommendedSteps = "recommended_steps"
         case teacher
@@ -92,6 +97,7 @@ public struct ModelCard: Codable, Equatable, Sendable {
                   wMax: try c.decodeIfPresent(Double.self, forKey: .wMax) ?? 14,
                   defaultW: try c.decodeIfPresent(Double.self, forKey: .defaultW) ?? 6.5,
                   guidanceEmbeddingDim: try c.decodeIfPresent(Int.self, forKey: .guidanceEmbeddingDim),
+                  guidanceEmbeddingScale: try c.decodeIfPresent(Double.self, forKey: .guidanceEmbeddingScale) ?? 1000,
                   recommendedSampler: try c.decodeIfPresent(String.self, forKey: .recommendedSampler) ?? "ddim",
                   recommendedSteps: try c.decodeIfPresent(Int.self, forKey: .recommendedSteps) ?? 4,
                   teacher: try c.decodeIfPresent(String.self, forKey: .teacher),
@@ -103,6 +109,10 @@ public struct ModelCard: Codable, Equatable, Sendable {
         if isStudent && (guidanceEmbeddingDim ?? 0) <= 0 {
             throw ContractError(field: "model.guidance_embedding_dim",
                                 message: "a \(kind.rawValue) card needs guidance_embedding_dim")
+        }
+        if !(guidanceEmbeddingScale > 0) || !guidanceEmbeddingScale.isFinite {
+            throw ContractError(field: "model.guidance_embedding_scale",
+                                message: "card guidance_embedding_scale must be > 0, got \(guidanceEmbeddingScale)")
         }
         if wMin > wMax {
             throw ContractError(field: "model.w_min", message: "card w range is empty: [\(wMin), \(wMax)]")

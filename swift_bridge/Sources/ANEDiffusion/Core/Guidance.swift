@@ -6,7 +6,8 @@ import Foundation
 /// `(1 + w) * cond - w * uncond`, so diffusers' `guidance_scale` is `1 + w` and `w = 0` is the
 /// plain conditional model. Mirrors `ane_diffusion.guidance`.
 public enum Guidance {
-    /// `w` is multiplied by this before the sinusoid, as diffusers' LCM pipeline does.
+    /// `w` is multiplied by this before the sinusoid in LCM students (diffusers' LCM pipeline) and
+    /// in cards without `guidance_embedding_scale`; students distilled since record their own.
     public static let wScale: Float = 1000
 
     /// diffusers' `guidance_scale` for the paper's `w`.
@@ -37,12 +38,13 @@ public enum Guidance {
         return (0..<half).map { Float(exp(Double(Float($0) * negative))) }
     }
 
-    /// The sinusoidal embedding of `w`: `[sin(1000 w f) | cos(1000 w f)]` (+ a zero if `dim` is
-    /// odd), float32. Matches diffusers' `get_guidance_scale_embedding` and the embedding baked
-    /// into exported student UNets (which take raw `w` as their `guidance_weight` input).
-    public static func embedding(w: Double, dim: Int) throws -> [Float] {
+    /// The sinusoidal embedding of `w`: `[sin(scale w f) | cos(scale w f)]` (+ a zero if `dim` is
+    /// odd), float32, `scale` the card's `guidanceEmbeddingScale`. At 1000 it matches diffusers'
+    /// `get_guidance_scale_embedding`; it is the embedding baked into exported student UNets
+    /// (which take raw `w` as their `guidance_weight` input).
+    public static func embedding(w: Double, dim: Int, scale: Float = wScale) throws -> [Float] {
         let frequencies = try embeddingFrequencies(dim: dim)
-        let scaled = Float(w) * wScale
+        let scaled = Float(w) * scale
         let angles = frequencies.map { scaled * $0 }
         var out = angles.map { Float(sin(Double($0))) } + angles.map { Float(cos(Double($0))) }
         if dim % 2 == 1 { out.append(0) }
