@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ane_diffusion.guidance import W_SCALE
+
 from .options import ALL_COMPONENTS, CONTRACT_NAMES, TARGETS, ConversionError
 
 CONTRACT_NAME = "ane_diffusion_coreml.json"
@@ -319,7 +321,8 @@ def source_fingerprint(bundle, key: str, module: Optional[str] = None) -> str:
     if key == "unet":
         payload["student"] = bool(bundle.card.is_student)
         payload["guidance_embedding_dim"] = bundle.card.guidance_embedding_dim
-        payload["guidance_embedding_scale"] = bundle.card.guidance_embedding_scale
+        if bundle.card.guidance_embedding_scale != W_SCALE:  # absent = 1000: older exports keep their hash
+            payload["guidance_embedding_scale"] = bundle.card.guidance_embedding_scale
     loras = (getattr(bundle, "extra", None) or {}).get("loras")
     if loras and module in ("unet", "text_encoder"):  # fused LoRAs change these weights
         payload["loras"] = [[lora["sha256"], lora["scale"]] for lora in loras]

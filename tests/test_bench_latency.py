@@ -45,7 +45,8 @@ def test_components_are_timed_and_counted(quick):
     assert {name: c["batch"] for name, c in comps.items()} == {
         "text_encoder": 1, "unet_teacher": 2, "unet_student": 1, "vae_decode": 1, "vae_decode_tiny": 1}
     # the tiny decoder (diffusers AutoencoderTiny sized for the demo VAE) does a fraction of the work
-    assert comps["vae_decode_tiny"]["flops"] < comps["vae_decode"]["flops"] / 4
+    # the demo VAE's tiny decoder is half its widest level (32 channels): 2.3x fewer FLOPs
+    assert comps["vae_decode_tiny"]["flops"] < comps["vae_decode"]["flops"] / 2
     for c in comps.values():
         assert c["median_s"] > 0 and c["flops"] > 0 and len(c["times_s"]) == report["settings"]["repeats"]
     # batch 2 is twice the work of batch 1 (up to the student's tiny guidance projection)
