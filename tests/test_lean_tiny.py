@@ -15,7 +15,7 @@ from ane_diffusion.decoders import build_tiny, tiny_config, tiny_decoder, tiny_e
 from ane_diffusion.testing.factory import tiny_configs
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = tiny_config(tiny_configs()["vae"])  # 2 levels of 16 channels: the demo's shape
+DEMO = tiny_config(tiny_configs()["vae"])  # 2 levels of 16 channels: the demo's layout, narrower
 TAESD = {"_class_name": "AutoencoderTiny"}  # diffusers' defaults are TAESD's configuration
 CASES = {"demo": (DEMO, 2), "taesd": (TAESD, 8), "narrow-silu-bilinear": (
     dict(TAESD, act_fn="SiLU", upsample_fn="bilinear", num_encoder_blocks=[1, 2, 0], num_decoder_blocks=[2, 0, 1],

@@ -37,7 +37,8 @@ class RecipeSettings:
     train_images: int = 20000
     vae_steps: int = 3000
     vae_batch: int = 32
-    text_steps: int = 2000
+    text_steps: int = 1500
+    """In-batch caption accuracy stops rising near 1100 steps (0.76; benchmarks/results/demo-recipe.jsonl)."""
     text_batch: int = 256
     text_lr: float = 1e-3
     text_frozen: bool = True
@@ -52,13 +53,15 @@ class RecipeSettings:
     distill_images: int = 8000
     distill_batch: int = 32
     distill_lr: float = 1e-4
-    guidance_updates: int = 3000
-    """Was 1500; the stage-1 student's w response was still growing (issue 11, docs/training.md)."""
+    guidance_updates: int = 2000
+    """Was 1500; the stage-1 student's w response was still growing (issue 11, docs/training.md). 3000
+    would not fit the recipe's 150-minute budget on the 2-core CPU beside the 86-minute teacher."""
     guidance_lr_scale: float = 100.0
     """The stage-1 student's new guidance input learns at distill_lr x this (DistillConfig's default)."""
     guidance_loss_weighting: str = "truncated_snr"
     progressive_start_steps: int = 16
-    progressive_updates: int = 600
+    progressive_updates: int = 400
+    """Per halving (was 600), for the same budget."""
     decoder_images: int = 2000
     decoder_updates: int = 1500
     decoder_batch: int = 16
