@@ -129,7 +129,7 @@ CATALOGUE = [
     Case("convert-huge-size", TRACEBACK, "convert --model {student} --output {work}/x --height 100000 --width 64",
          2, "larger than the 4096-pixel limit"),
     Case("coreml-weight-bin-deleted", TRACEBACK, GEN + " --backend coreml --model {export_no_weights}", 2,
-         "Unet.mlpackage in"),
+         "weight.bin is missing; convert it again"),
     Case("verify-weight-bin-deleted", TRACEBACK, "verify --model default --coreml {export_no_weights}", 1,
          "FAIL: Unet damaged"),
     Case("distill-fp16-on-cpu", TRACEBACK, "distill guidance --teacher {teacher} --data {data} -o {work}/run "
