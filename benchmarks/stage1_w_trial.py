@@ -5,7 +5,7 @@
     python benchmarks/stage1_w_trial.py --student demo-stage1 --out /tmp/before.json
     # train a short stage-1 run from the embedded teacher with the given settings, then measure it
     python benchmarks/stage1_w_trial.py --train --updates 300 --guidance-lr-scale 100 --work /tmp/w100 \\
-        --out /tmp/w100.json   # [--embedding-scale 1000] [--loss-weighting x] [--paired-w-weight 1]
+        --out /tmp/w100.json   # [--embedding-scale 1000] [--loss-weighting x]
 
 The measurement: 4 train-split prompts x 3 seeds, the student at ``--student-steps`` DDIM steps and
 the guided teacher at ``--teacher-steps``, at every w of ``--ws``; prints the w-fidelity table of
@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ane_diffusion.distill.config import DEFAULT_PAIRED_W_WEIGHT  # noqa: E402
 from ane_diffusion.guidance import STUDENT_W_SCALE  # noqa: E402
 
 
@@ -40,7 +39,6 @@ def train(args) -> str:
                         warmup=min(100, args.updates // 10), ema_decay=0.999, seed=0, w_min=min(args.ws),
                         w_max=max(args.ws), guidance_lr_scale=args.guidance_lr_scale,
                         guidance_embedding_scale=args.embedding_scale, loss_weighting=args.loss_weighting,
-                        paired_w_weight=args.paired_w_weight,
                         checkpoint_every=10_000,
                         progress=False, overwrite=True)
     return str(distill_guidance(cfg))
@@ -59,8 +57,6 @@ def main(argv=None) -> int:
     p.add_argument("--embedding-scale", type=float, default=STUDENT_W_SCALE,
                    help="w x this goes into the sinusoid (default %(default)s; LCM and the first demo students: 1000)")
     p.add_argument("--loss-weighting", default="truncated_snr", choices=("truncated_snr", "sqrt_truncated_snr", "x"))
-    p.add_argument("--paired-w-weight", type=float, default=DEFAULT_PAIRED_W_WEIGHT,
-                   help="weight of the paired-w loss (default %(default)s; 0: off)")
     p.add_argument("--images", type=int, default=4000)
     p.add_argument("--ws", type=float, nargs="+", default=[0.0, 1.0, 3.0, 6.0])
     p.add_argument("--student-steps", type=int, default=4)

@@ -81,31 +81,3 @@ def test_truncated_snr_weight_is_max_of_x_and_eps_error():
     torch.testing.assert_close(weighted, torch.maximum(per_sample(x_err), per_sample(eps_err)))
     torch.testing.assert_close(weighted_mse(x_err, torch.zeros_like(x_err), truncated_snr_weight(alpha, sigma)),
                                weighted.mean())
-
-
-def test_paired_w_loss_adds_only_the_error_of_the_change():
-    """An error that does not depend on w costs nothing extra; one that does is charged again,
-    through the difference of the pair, with the given weight (float64, exact)."""
-    import torch
-
-    from ane_diffusion.distill.targets import draw_w, paired_w_mse
-
-    rng = np.random.default_rng(3)
-    target = torch.from_numpy(rng.standard_normal((6, 4, 8, 8)))
-    weight = torch.from_numpy(rng.uniform(1, 5, 3)).repeat(2)  # the pair shares its z_t, hence its weight
-    offset = torch.from_numpy(rng.standard_normal((3, 4, 8, 8))).repeat(2, 1, 1, 1)  # same at w and w'
-    w = torch.tensor([0.0, 2.0, 5.0, 6.0, 1.0, 3.0], dtype=torch.float64)
-    slope = torch.from_numpy(rng.standard_normal((3, 4, 8, 8))).repeat(2, 1, 1, 1)
-    plain = weighted_mse(target + offset, target, weight)
-    assert paired_w_mse(target + offset, target, weight, 2.0).item() == pytest.approx(plain.item(), rel=1e-12)
-    x_hat = target + slope * expand_like(w, slope)  # misses a w-proportional part
-    change = ((slope[:3] * expand_like(w[:3] - w[3:], slope[:3])) ** 2).reshape(3, -1).mean(1)
-    expected = weighted_mse(x_hat, target, weight) + 2.0 * (weight[:3] * change).mean()
-    assert paired_w_mse(x_hat, target, weight, 2.0).item() == pytest.approx(expected.item(), rel=1e-12)
-    assert paired_w_mse(x_hat, target, weight, 0.0).item() == pytest.approx(
-        weighted_mse(x_hat, target, weight).item(), rel=1e-12)
-    gen = torch.Generator().manual_seed(0)
-    drawn = draw_w(5, 1.0, 3.0, gen, paired=True)
-    assert drawn.shape == (10,) and bool(((drawn >= 1) & (drawn <= 3)).all())
-    assert not torch.equal(drawn[:5], drawn[5:])
-    assert draw_w(5, 1.0, 3.0, torch.Generator().manual_seed(0), paired=False).shape == (5,)

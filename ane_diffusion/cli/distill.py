@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..distill.config import DEFAULT_GUIDANCE_LR_SCALE, DEFAULT_PAIRED_W_WEIGHT, DEFAULT_W_RANGE, MIXED_PRECISION
+from ..distill.config import DEFAULT_GUIDANCE_LR_SCALE, DEFAULT_W_RANGE, MIXED_PRECISION
 from ..guidance import STUDENT_W_SCALE
 from ..schedule import PREDICTION_TYPES
 
@@ -59,12 +59,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _paired_w(p) -> None:
-    p.add_argument("--paired-w-weight", type=float, default=DEFAULT_PAIRED_W_WEIGHT,
-                   help="weight of the paired-w loss: each noisy latent is also seen at a second w and the "
-                        "change is fitted (default %(default)s; 0: off; see docs/training.md)")
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("distill", help="distill a guided teacher into a 1-4 step student",
                               description="Guided diffusion distillation (Meng et al. 2023): stage 1 makes a "
@@ -87,7 +81,6 @@ def register(subparsers) -> None:
                    help="the new guidance input learns at lr x this (default %(default)s; see docs/training.md)")
     g.add_argument("--loss-weighting", choices=("truncated_snr", "sqrt_truncated_snr", "x"), default="truncated_snr",
                    help="per-sample weight of the x-space error (default %(default)s: max(SNR, 1), as in the paper)")
-    _paired_w(g)
     _common(g)
     g.set_defaults(run=run)
     s = stages.add_parser("progressive", help="stage 2: halve the steps down to --target-steps",
@@ -96,7 +89,6 @@ def register(subparsers) -> None:
     s.add_argument("--student", required=True, help="stage-1 (or progressive) student bundle")
     s.add_argument("--start-steps", type=int, default=None, help="steps of the input model (default: its card's)")
     s.add_argument("--target-steps", type=int, required=True, help="1, 2, 4, ... reachable by halving")
-    _paired_w(s)
     _common(s)
     s.set_defaults(run=run)
     d = stages.add_parser("decoder", help="stage 3: a tiny VAE decoder/encoder distilled from the bundle's VAE",
@@ -126,11 +118,9 @@ def config_from_args(args):
         stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
                          "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,
                          "guidance_embedding_scale": args.guidance_embedding_scale,
-                         "guidance_lr_scale": args.guidance_lr_scale, "loss_weighting": args.loss_weighting,
-                         "paired_w_weight": args.paired_w_weight}
+                         "guidance_lr_scale": args.guidance_lr_scale, "loss_weighting": args.loss_weighting}
                         if args.stage == "guidance" else
-                        {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps,
-                         "paired_w_weight": args.paired_w_weight})
+                        {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})
     return DistillConfig(
         output=args.output, data=args.data, prompts=args.prompts, cache_dir=args.cache_dir, shards=args.shards,
         shuffle_buffer=args.shuffle_buffer, bad_data=args.bad_data,

@@ -59,8 +59,6 @@ class RecipeSettings:
     guidance_lr_scale: float = 100.0
     """The stage-1 student's new guidance input learns at distill_lr x this (DistillConfig's default)."""
     guidance_loss_weighting: str = "truncated_snr"
-    paired_w_weight: float = 0.0
-    """The paired-w loss of stages 1 and 2 (DistillConfig's default)."""
     progressive_start_steps: int = 16
     progressive_updates: int = 400
     """Per halving (was 600), for the same budget."""
@@ -200,8 +198,7 @@ class Recipe:
         distill_guidance(self.distill_config(self.work / "teacher", self.work / "stage1-run", s.guidance_updates,
                                              w_min=s.w_min, w_max=s.w_max, prediction_type="v_prediction",
                                              guidance_lr_scale=s.guidance_lr_scale,
-                                             loss_weighting=s.guidance_loss_weighting,
-                                             paired_w_weight=s.paired_w_weight))
+                                             loss_weighting=s.guidance_loss_weighting))
         (self.work / "stage1-run" / "student").rename(self.work / "stage1")
 
     def progressive(self) -> None:
@@ -210,8 +207,7 @@ class Recipe:
         s = self.settings
         run = self.work / "progressive-run"
         distill_progressive(self.distill_config(self.work / "stage1", run, s.progressive_updates,
-                                                start_steps=s.progressive_start_steps, target_steps=1,
-                                                paired_w_weight=s.paired_w_weight))
+                                                start_steps=s.progressive_start_steps, target_steps=1))
         (run).rename(self.work / "progressive")
 
     def decoder(self) -> None:

@@ -23,9 +23,6 @@ DEFAULT_GUIDANCE_LR_SCALE = 100.0
 """Stage-1 default learning-rate multiplier of the zero-initialised guidance input (measured on the
 demo teacher: see docs/training.md, "Guidance fidelity")."""
 
-DEFAULT_PAIRED_W_WEIGHT = 0.0
-"""Default weight of the paired-w loss in stages 1 and 2 (docs/training.md, "Guidance fidelity")."""
-
 RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "checkpoint_every", "log_every")
 """Fields that may change between an interrupted run and its ``--resume``; all others must match
 (the run folder may have moved, and checkpoint/log frequency does not change the result)."""
@@ -78,11 +75,6 @@ class DistillConfig:
     little: at the shared fine-tuning lr the student barely responds to w (issue 11)."""
     loss_weighting: str = "truncated_snr"
     """Per-sample weight of the x-space error: a key of ``distill.targets.LOSS_WEIGHTINGS``."""
-
-    # stages 1 and 2
-    paired_w_weight: float = DEFAULT_PAIRED_W_WEIGHT
-    """> 0: the paired-w loss (``distill.targets.paired_w_mse``): each z_t is also taken at a second
-    w and the change between the two x estimates is fitted with this weight (issue 11)."""
 
     # stage 2 only
     start_steps: Optional[int] = None
@@ -178,8 +170,6 @@ class DistillConfig:
             raise ValueError(f"--lora-alpha must be positive, got {self.lora_alpha}")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
-        if self.paired_w_weight < 0:
-            raise ValueError(f"--paired-w-weight must be >= 0 (0: off), got {self.paired_w_weight}")
         if stage == "guidance":
             self._check_guidance()
         elif stage == "progressive":

@@ -4,9 +4,7 @@ The student is the teacher's UNet plus a zero-initialised guidance input
 (:func:`ane_diffusion.student.add_guidance_input`), so at update 0 it IS the teacher's conditional
 model for every w. Each update draws clean latents x with their captions, ``t ~ U{0..T-1}``,
 ``w ~ U[w_min, w_max]`` and noise, and regresses the student's x estimate at ``z_t`` onto the
-guided teacher's ``(1 + w) x_c - w x_u`` with the truncated-SNR weight; with ``cfg.paired_w_weight``
-each ``z_t`` is also drawn at a second w and the change between the two is fitted too
-(:func:`~ane_diffusion.distill.targets.paired_w_mse`). The zero-initialised
+guided teacher's ``(1 + w) x_c - w x_u`` with the truncated-SNR weight. The zero-initialised
 guidance input learns at ``lr x cfg.guidance_lr_scale``: at the fine-tuning lr of the copied weights
 it stays near zero and the student learns one average guidance strength instead of the family.
 
@@ -30,7 +28,7 @@ from .config import DistillConfig
 from .data import check_data
 from .engine import Engine, MicroBatch
 from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config
-from .targets import LOSS_WEIGHTINGS, draw_w, guided_target, paired_w_mse, weighted_mse
+from .targets import LOSS_WEIGHTINGS, guided_target, weighted_mse
 
 STUDENT_DIR = "student"
 ADAPTER_FILE = "student-lora.safetensors"
@@ -65,17 +63,14 @@ class GuidanceLoss:
     autocast: Callable
     loss_weighting: str = "truncated_snr"
     """A key of :data:`~ane_diffusion.distill.targets.LOSS_WEIGHTINGS`."""
-    paired_w_weight: float = 0.0
-    """> 0: every z_t is seen at two w and their change is fitted with this weight (paired-w loss)."""
 
     def draw(self, batch: MicroBatch):
-        """``(z_t, t, w)`` for the batch's latents: t (B,) CPU int64, z_t and w on the device; w is
-        (2B,) ``[w; w']`` with the paired-w loss."""
+        """``(z_t, t, w)`` for the batch's latents: t (B,) CPU int64, z_t and w on the device."""
         import torch
 
         size, gen, device = batch.x0.shape[0], batch.generator, batch.device
         t = torch.randint(0, self.schedule.num_train_timesteps, (size,), generator=gen)
-        w = draw_w(size, self.w_min, self.w_max, gen, paired=self.paired_w_weight > 0)
+        w = self.w_min + (self.w_max - self.w_min) * torch.rand(size, generator=gen)
         eps = torch.randn(batch.x0.shape, generator=gen).to(device)
         alpha, sigma = alpha_sigma(self.schedule, t, device)
         return add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps)), t, w.to(device)
@@ -92,28 +87,8 @@ class GuidanceLoss:
         x_hat = predict_x0(student, z, t, cond, alpha, sigma, self.student_kind, w, self.embedding)
         return weighted_mse(x_hat, target, LOSS_WEIGHTINGS[self.loss_weighting](alpha, sigma))
 
-    def paired_loss_at(self, student, z, t, cond, uncond, w):
-        """The paired-w loss: ``w`` (2B,) = ``[w; w']`` for ``z`` (B, C, H, W); the teacher is called
-        once per z_t (guidance is linear in w), the student on the doubled batch."""
-        import torch
-
-        alpha, sigma = alpha_sigma(self.schedule, t, z.device)
-        t = t.to(z.device)
-        with torch.no_grad(), self.autocast():
-            both = self.teacher(torch.cat([z, z]), torch.cat([t, t]),
-                                encoder_hidden_states=torch.cat([uncond, cond])).sample
-        out_uncond, out_cond = (torch.cat([o, o]) for o in both.float().chunk(2))
-        z2, alpha2, sigma2 = torch.cat([z, z]), torch.cat([alpha, alpha]), torch.cat([sigma, sigma])
-        target = guided_target(out_cond, out_uncond, z2, alpha2, sigma2, w, self.teacher_kind)
-        x_hat = predict_x0(student, z2, torch.cat([t, t]), torch.cat([cond, cond]), alpha2, sigma2,
-                           self.student_kind, w, self.embedding)
-        weight = LOSS_WEIGHTINGS[self.loss_weighting](alpha2, sigma2)
-        return paired_w_mse(x_hat, target, weight, self.paired_w_weight)
-
     def __call__(self, student, batch: MicroBatch):
         z, t, w = self.draw(batch)
-        if self.paired_w_weight > 0:
-            return self.paired_loss_at(student, z, t, batch.cond, batch.uncond, w)
         return self.loss_at(student, z, t, batch.cond, batch.uncond, w)
 
 
@@ -158,7 +133,7 @@ def distill_guidance(cfg: DistillConfig) -> Path:
         teacher = freeze(components.unet, engine.half_dtype)
     loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
                         GuidanceEmbedding(cfg.guidance_embedding_dim, cfg.guidance_embedding_scale), cfg.w_min,
-                        cfg.w_max, engine.autocast, cfg.loss_weighting, cfg.paired_w_weight)
+                        cfg.w_max, engine.autocast, cfg.loss_weighting)
     result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data,
                                 lr_scales={GUIDANCE_INPUT: cfg.guidance_lr_scale})
     card = guidance_card(bundle, cfg, result.summary, data.summary())

@@ -5,8 +5,7 @@ each previous phase's student), both taking w as an input. Each update draws x, 
 point t of the student's trailing grid; the teacher takes two DDIM steps ``t -> t' -> t''`` (t' is
 the next point of the 2N'-step grid, t'' the next student grid point or the clean end) and the
 student learns, in one step, the x that lands on the same ``z_t''``
-(:func:`~ane_diffusion.distill.targets.two_step_target`); with ``cfg.paired_w_weight`` each z_t is
-taken at two w and the change between them is fitted too, as in stage 1. Every phase is saved as a complete
+(:func:`~ane_diffusion.distill.targets.two_step_target`). Every phase is saved as a complete
 bundle ``OUTPUT/steps-{N'}``.
 """
 
@@ -30,7 +29,7 @@ from .config import DistillConfig, halving_schedule
 from .data import check_data
 from .engine import Engine, MicroBatch
 from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config, trainable_copy
-from .targets import draw_w, paired_w_mse, truncated_snr_weight, two_step_target
+from .targets import truncated_snr_weight, two_step_target, weighted_mse
 
 LABEL = "progressive"
 
@@ -82,17 +81,14 @@ class ProgressiveLoss:
     w_min: float
     w_max: float
     autocast: Callable
-    paired_w_weight: float = 0.0
-    """> 0: the paired-w loss (:func:`~ane_diffusion.distill.targets.paired_w_mse`)."""
 
     def draw(self, batch: MicroBatch):
-        """``(z_t, index, w)``: ``index`` (B,) CPU int64 points of the student's grid, t = grid[index];
-        w (B,), or (2B,) ``[w; w']`` with the paired-w loss."""
+        """``(z_t, index, w)``: ``index`` (B,) CPU int64 points of the student's grid, t = grid[index]."""
         import torch
 
         size, gen, device = batch.x0.shape[0], batch.generator, batch.device
         index = torch.randint(0, self.student_steps, (size,), generator=gen)
-        w = draw_w(size, self.w_min, self.w_max, gen, paired=self.paired_w_weight > 0)
+        w = self.w_min + (self.w_max - self.w_min) * torch.rand(size, generator=gen)
         eps = torch.randn(batch.x0.shape, generator=gen).to(device)
         alpha, sigma = alpha_sigma(self.schedule, self.timesteps(index)[0], device)
         return add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps)), index, w.to(device)
@@ -104,10 +100,9 @@ class ProgressiveLoss:
         times = two_step_timesteps(self.student_steps, index.numpy(), self.schedule.num_train_timesteps)
         return tuple(torch.from_numpy(a) for a in times)
 
-    def loss_at(self, student, z, index, cond, w, pair_weight: float = 0.0):
+    def loss_at(self, student, z, index, cond, w):
         """The weighted error between one student step and two teacher steps from ``z`` (B, C, H, W)
-        at grid points ``index`` (B,): the training loss, and the held-out measure. With
-        ``pair_weight`` > 0 the batch is ``[at w; at w']`` (same z_t twice) and the paired-w loss is used."""
+        at grid points ``index`` (B,): the training loss, and the held-out measure."""
         import torch
 
         times = self.timesteps(index)
@@ -117,16 +112,11 @@ class ProgressiveLoss:
                                                     self.kind, self.embedding)
         target = two_step_target(z, z_end, alpha, sigma, a_end, s_end)
         x_hat = predict_x0(student, z, times[0].to(z.device), cond, alpha, sigma, self.kind, w, self.embedding)
-        return paired_w_mse(x_hat, target, truncated_snr_weight(alpha, sigma), pair_weight)
+        return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
 
     def __call__(self, student, batch: MicroBatch):
-        import torch
-
         z, index, w = self.draw(batch)
-        if self.paired_w_weight == 0:
-            return self.loss_at(student, z, index, batch.cond, w)
-        return self.loss_at(student, torch.cat([z, z]), torch.cat([index, index]), torch.cat([batch.cond, batch.cond]),
-                            w, pair_weight=self.paired_w_weight)
+        return self.loss_at(student, z, index, batch.cond, w)
 
 
 def progressive_card(root_card: ModelCard, root_source: str, teacher_card: ModelCard, teacher_source: str,
@@ -196,7 +186,7 @@ def distill_progressive(cfg: DistillConfig) -> list[Path]:
             teacher = freeze(teacher_unet, engine.half_dtype)
         loss = ProgressiveLoss(teacher, bundle.schedule, teacher_card.prediction_type,
                                teacher_card.guidance_embedding, steps, teacher_card.w_min, teacher_card.w_max,
-                               engine.autocast, cfg.paired_w_weight)
+                               engine.autocast)
         result = engine.train_phase(index, f"steps-{steps}", student, loss, data)
         card = progressive_card(bundle.card, bundle.source, teacher_card, teacher_source, steps, cfg,
                                 result.summary, data.summary())

@@ -5,8 +5,6 @@
 * :func:`two_step_target`: stage 2's target ``x_tilde``, the x that makes ONE student DDIM step
   from t land exactly where two teacher DDIM steps ``t -> t' -> t''`` landed.
 * :func:`truncated_snr_weight` and :func:`weighted_mse`: the loss ``max(SNR, 1) * ||x_hat - x||^2``.
-* :func:`draw_w` and :func:`paired_w_mse`: the paired-w loss, which adds the error of the CHANGE
-  between two guidance weights at the same ``z_t`` (issue 11).
 
 Plain arithmetic on arrays or tensors; per-sample coefficients are (B,) and are broadcast with
 :func:`ane_diffusion.schedule.expand_like`.
@@ -66,28 +64,3 @@ def weighted_mse(x_hat, target, weight):
     """Mean over the batch of ``weight_i * mean_pixels((x_hat_i - target_i)^2)``; weight (B,)."""
     per_sample = ((x_hat - target) ** 2).reshape(x_hat.shape[0], -1).mean(1)
     return (weight * per_sample).mean()
-
-
-def draw_w(size: int, w_min: float, w_max: float, generator, paired: bool):
-    """Guidance weights ``w ~ U[w_min, w_max]``: (B,) float32, or (2B,) ``[w; w']`` with ``w'`` drawn
-    independently when ``paired`` (the second half goes with a repeat of the same ``z_t``)."""
-    import torch
-
-    count = 2 * size if paired else size
-    return w_min + (w_max - w_min) * torch.rand(count, generator=generator)
-
-
-def paired_w_mse(x_hat, target, weight, pair_weight: float):
-    """The paired-w loss over a doubled batch ``[at w; at w']`` (2B, C, H, W), weight (2B,).
-
-    ``weighted_mse`` over all 2B samples plus ``pair_weight x`` the weighted error of the change
-    ``x_hat(w) - x_hat(w')`` against ``target(w) - target(w')`` (B pairs: same z_t, t and caption).
-    The plain loss already contains the change, but at a quarter of the weight of the w-average's
-    error and buried in its noise; a student fitted to it learns one average guidance strength
-    (issue 11). Differencing the pair cancels every error that does not depend on w.
-    """
-    plain = weighted_mse(x_hat, target, weight)
-    if pair_weight == 0:
-        return plain
-    (x_a, x_b), (t_a, t_b) = x_hat.chunk(2), target.chunk(2)
-    return plain + pair_weight * weighted_mse(x_a - x_b, t_a - t_b, weight.chunk(2)[0])
