@@ -39,10 +39,6 @@ class ModelCard:
     """w is multiplied by this before the sinusoidal embedding (:mod:`ane_diffusion.guidance`): 1000
     for LCM students and cards written before the field existed, ``STUDENT_W_SCALE`` for students
     distilled since."""
-    guidance_heads: int = 1
-    """1: the UNet outputs the guided prediction. 2: it outputs the conditional and unconditional
-    predictions side by side (2C channels) and the runtime combines them with w
-    (:func:`ane_diffusion.guidance.combine_heads`)."""
     recommended_sampler: str = "ddim"
     recommended_steps: int = 4
     teacher: Optional[str] = None
@@ -62,8 +58,7 @@ class ModelCard:
 
         if not self.guidance_embedding_dim:
             return None
-        return GuidanceEmbedding(int(self.guidance_embedding_dim), float(self.guidance_embedding_scale),
-                                 int(self.guidance_heads))
+        return GuidanceEmbedding(int(self.guidance_embedding_dim), float(self.guidance_embedding_scale))
 
     def _check_types(self) -> None:
         """Each field holds its type: a card with ``"default_w": "3"`` is refused, not half-used."""
@@ -81,7 +76,7 @@ class ModelCard:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 fail(name, "a finite number")
         for name, optional in (("steps", True), ("guidance_embedding_dim", True), ("recommended_steps", False),
-                               ("format_version", False), ("guidance_heads", False)):
+                               ("format_version", False)):
             value = getattr(self, name)
             if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, int)):
                 fail(name, "a whole number" + (" or null" if optional else ""))
@@ -102,10 +97,6 @@ class ModelCard:
             raise CardError(f"card prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         if self.is_student and not self.guidance_embedding_dim:
             raise CardError(f"a {self.kind} card needs guidance_embedding_dim")
-        if self.guidance_heads not in (1, 2):
-            raise CardError(f"card guidance_heads must be 1 or 2, got {self.guidance_heads}")
-        if self.guidance_heads == 2 and not self.is_student:
-            raise CardError("card guidance_heads = 2 is for students; a teacher has one output")
         if self.guidance_embedding_scale <= 0:
             raise CardError(f"card guidance_embedding_scale must be > 0, got {self.guidance_embedding_scale}")
         if self.w_min > self.w_max:
@@ -142,16 +133,6 @@ class ModelCard:
         if not isinstance(data, dict):
             raise CardError(f"{path} must hold a JSON object")
         return cls.from_dict(data)
-
-
-def check_unet_outputs(card: ModelCard, unet_config: dict, latent_channels: int) -> None:
-    """Raises CardError unless the UNet outputs ``guidance_heads x latent_channels`` channels (a two-head
-    student's UNet has twice the latent channels; every other UNet has them once)."""
-    heads = int(card.guidance_heads) if card.is_student else 1
-    out_channels = int(unet_config.get("out_channels", 4))
-    if out_channels != heads * latent_channels:
-        raise CardError(f"the UNet outputs {out_channels} channels, but the card's guidance_heads = {heads} with "
-                        f"{latent_channels} latent channels needs {heads * latent_channels}")
 
 
 def infer_card(unet_config: dict, scheduler_config: dict) -> ModelCard:

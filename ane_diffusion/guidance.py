@@ -79,39 +79,13 @@ def torch_guidance_embedding(w, dim: int, scale: float = W_SCALE):
     return emb
 
 
-def combine_heads(out, w):
-    """A two-head student's output -> its guided prediction, by :func:`combine`.
-
-    ``out`` (B, 2C, h, w) holds the student's conditional estimate in channels ``[:C]`` and its
-    unconditional one in ``[C:]`` (one network evaluation); ``w`` (B,) or a scalar. Returns
-    (B, C, h, w). numpy arrays and torch tensors alike.
-    """
-    channels = out.shape[1]
-    if channels % 2:
-        raise ValueError(f"a two-head student output needs an even channel count, got {channels}")
-    cond, uncond = out[:, : channels // 2], out[:, channels // 2:]
-    if getattr(w, "ndim", 0) == 1:
-        w = w.reshape(-1, *([1] * (out.ndim - 1)))
-    return combine(cond, uncond, w)
-
-
 @dataclass(frozen=True)
 class GuidanceEmbedding:
-    """How a student takes w (all from its card: :attr:`ane_diffusion.card.ModelCard.guidance_embedding`).
-
-    In: the sinusoidal embedding of ``w x scale``, ``dim`` wide. Out: with ``heads = 1`` the network's
-    output is the guided prediction; with ``heads = 2`` it is both halves of classifier-free guidance,
-    conditional and unconditional, from ONE evaluation, combined with w by :func:`combine_heads`
-    (docs/training.md, "Two-head students").
-    """
+    """A student's w input: embedding width ``dim`` and the factor ``scale`` w is multiplied by
+    (both from its card: :attr:`ane_diffusion.card.ModelCard.guidance_embedding`)."""
 
     dim: int
     scale: float = W_SCALE
-    heads: int = 1
-
-    def output(self, out, w):
-        """The network's raw output (B, heads x C, h, w) -> the guided prediction (B, C, h, w)."""
-        return out if self.heads == 1 else combine_heads(out, w)
 
     def numpy(self, w) -> np.ndarray:
         """(B,) -> (B, dim) float32."""

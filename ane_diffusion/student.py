@@ -4,10 +4,6 @@ The student is the teacher's UNet with diffusers' ``time_cond_proj_dim`` hook sw
 sinusoidal embedding of w (:mod:`ane_diffusion.guidance`) is projected by a new bias-free linear
 layer and added to the time embedding. Every shared weight is copied from the teacher and the new
 projection starts at zero, so the untrained student IS the teacher's conditional model.
-
-A two-head student (``heads=2``) also doubles the output layer: both halves start as copies of the
-teacher's, so ``combine_heads`` gives the conditional model for every w at update 0, and training
-turns the second half into the unconditional prediction (docs/training.md, "Two-head students").
 """
 
 from __future__ import annotations
@@ -15,12 +11,8 @@ from __future__ import annotations
 DEFAULT_EMBEDDING_DIM = 256
 
 
-def add_guidance_input(teacher_unet, embedding_dim: int = DEFAULT_EMBEDDING_DIM, heads: int = 1):
-    """A new UNet equal to ``teacher_unet`` plus a zero-initialised guidance-weight input, and with
-    ``heads = 2`` an output layer of twice the channels (two copies of the teacher's).
-
-    Raises ValueError when the UNet already has a guidance input or ``heads`` is not 1 or 2.
-    """
+def add_guidance_input(teacher_unet, embedding_dim: int = DEFAULT_EMBEDDING_DIM):
+    """A new UNet equal to ``teacher_unet`` plus a zero-initialised guidance-weight input."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -28,15 +20,9 @@ def add_guidance_input(teacher_unet, embedding_dim: int = DEFAULT_EMBEDDING_DIM,
         raise ValueError("this UNet already has a guidance input (time_cond_proj_dim is set)")
     # "_use_default_values" would make from_config ignore the new setting: drop private keys.
     config = {k: v for k, v in teacher_unet.config.items() if not k.startswith("_")}
-    if heads not in (1, 2):
-        raise ValueError(f"a student has 1 or 2 output heads, got {heads}")
     config["time_cond_proj_dim"] = int(embedding_dim)
-    config["out_channels"] = int(config.get("out_channels", 4)) * heads
     student = UNet2DConditionModel.from_config(config)
-    weights = dict(teacher_unet.state_dict())
-    for name in ("conv_out.weight", "conv_out.bias"):
-        weights[name] = torch.cat([weights[name]] * heads)
-    missing, unexpected = student.load_state_dict(weights, strict=False)
+    missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
     if unexpected or any("cond_proj" not in k for k in missing):
         raise RuntimeError(f"teacher and student UNets differ beyond the guidance input: {missing} {unexpected}")
     with torch.no_grad():

@@ -5,7 +5,7 @@
     python benchmarks/stage1_w_trial.py --student demo-stage1 --out /tmp/before.json
     # train a short stage-1 run from the embedded teacher with the given settings, then measure it
     python benchmarks/stage1_w_trial.py --train --updates 300 --guidance-lr-scale 100 --work /tmp/w100 \\
-        --out /tmp/w100.json   # [--embedding-scale 1000] [--loss-weighting x] [--heads 2]
+        --out /tmp/w100.json   # [--embedding-scale 1000] [--loss-weighting x] [--w-max 9]
 
 The measurement: 4 train-split prompts x 3 seeds, the student at ``--student-steps`` DDIM steps and
 the guided teacher at ``--teacher-steps``, at every w of ``--ws``; prints the w-fidelity table of
@@ -37,8 +37,9 @@ def train(args) -> str:
     cfg = DistillConfig(model=args.teacher, output=str(work / "run"), data=str(images), cache_dir=str(work / "cache"),
                         updates=args.updates, batch_size=args.batch_size, lr=args.lr,
                         warmup=min(100, args.updates // 10), ema_decay=0.999, seed=0, w_min=min(args.ws),
-                        w_max=max(args.ws) if args.w_max is None else args.w_max, guidance_lr_scale=args.guidance_lr_scale,
-                        guidance_embedding_scale=args.embedding_scale, guidance_heads=args.heads, prediction_type=args.prediction_type,
+                        w_max=max(args.ws) if args.w_max is None else args.w_max,
+                        guidance_lr_scale=args.guidance_lr_scale,
+                        guidance_embedding_scale=args.embedding_scale, prediction_type=args.prediction_type,
                         loss_weighting=args.loss_weighting,
                         checkpoint_every=10_000,
                         progress=False, overwrite=True)
@@ -59,8 +60,6 @@ def main(argv=None) -> int:
                    help="w x this goes into the sinusoid (default %(default)s; LCM and the first demo students: 1000)")
     p.add_argument("--prediction-type", default="v_prediction", choices=("v_prediction", "epsilon", "sample"),
                    help="the student's output parameterisation (the demo teacher's is epsilon)")
-    p.add_argument("--heads", type=int, default=1, choices=(1, 2),
-                   help="the student's output heads (2: conditional + unconditional, combined with w)")
     p.add_argument("--loss-weighting", default="truncated_snr", choices=("truncated_snr", "sqrt_truncated_snr", "x"))
     p.add_argument("--images", type=int, default=4000)
     p.add_argument("--w-max", type=float, default=None,

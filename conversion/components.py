@@ -135,8 +135,7 @@ def _student_unet_class():
     class StudentUNetANEWrapper(torch.nn.Module):
         """forward(sample, timestep, encoder_hidden_states (B, C, 1, S), guidance_weight (B,)) -> noise_pred.
 
-        The raw w goes in; its embedding (the card's: sinusoid of w x scale) is computed here, and a
-        two-head student's halves are combined with it here (:func:`ane_diffusion.guidance.combine_heads`).
+        The raw w goes in; its embedding (the card's: sinusoid of w x scale) is computed here.
         """
 
         def __init__(self, unet, embedding: GuidanceEmbedding) -> None:
@@ -146,8 +145,7 @@ def _student_unet_class():
 
         def forward(self, sample, timestep, encoder_hidden_states, guidance_weight):
             cond = self.embedding.torch(guidance_weight)  # (B, D) float32
-            out = self.inner(sample, timestep, encoder_hidden_states, cond)  # (B, heads x 4, h, w)
-            return self.embedding.output(out, guidance_weight)  # (B, 4, h, w)
+            return self.inner(sample, timestep, encoder_hidden_states, cond)
 
     return StudentUNetANEWrapper
 

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ane_diffusion.card import CardError, check_unet_outputs
 from ane_diffusion.guidance import W_SCALE
 
 from .options import ALL_COMPONENTS, CONTRACT_NAMES, TARGETS, ConversionError
@@ -97,17 +96,13 @@ class Geometry:
     first is (height, width), the default shape."""
     guidance_scale: float = 1000.0
     """The card's ``guidance_embedding_scale`` (students only)."""
-    guidance_heads: int = 1
-    """The card's ``guidance_heads``: 2 when the UNet outputs conditional and unconditional halves,
-    which the exported graph combines with ``guidance_weight`` (its output stays one prediction)."""
 
     @property
     def guidance(self):
         """The student's :class:`~ane_diffusion.guidance.GuidanceEmbedding`; None for a teacher."""
         from ane_diffusion.guidance import GuidanceEmbedding
 
-        return (GuidanceEmbedding(self.guidance_dim, self.guidance_scale, self.guidance_heads)
-                if self.guidance_dim else None)
+        return GuidanceEmbedding(self.guidance_dim, self.guidance_scale) if self.guidance_dim else None
 
     @property
     def latent_height(self) -> int:
@@ -183,14 +178,10 @@ def geometry_from_bundle(bundle, height: Optional[int] = None, width: Optional[i
         if int(proj) != guidance_dim:
             raise ConversionError(f"the card's guidance_embedding_dim {guidance_dim} differs from the UNet's "
                                   f"time_cond_proj_dim {proj}")
-    try:
-        check_unet_outputs(card, unet, latent_channels)
-    except CardError as exc:
-        raise ConversionError(str(exc)) from None
     return Geometry(height=height, width=width, vae_factor=vae_factor, unet_factor=unet_factor,
                     latent_channels=latent_channels, scaling_factor=float(bundle.scaling_factor),
                     text_hidden=hidden, max_length=MAX_LENGTH, guidance_dim=guidance_dim,
-                    guidance_scale=float(card.guidance_embedding_scale), guidance_heads=int(card.guidance_heads),
+                    guidance_scale=float(card.guidance_embedding_scale),
                     unet_batch=1 if card.is_student else 2,
                     num_train_timesteps=int(configs["scheduler"].get("num_train_timesteps", 1000)),
                     prediction_type=card.prediction_type)

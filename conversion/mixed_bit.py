@@ -130,8 +130,7 @@ def torch_outputs(module, cases, bundle, geo) -> np.ndarray:
         cond = geo.guidance.torch(w)
     ehs = feeds["encoder_hidden_states"].squeeze(2).transpose(1, 2)
     with torch.no_grad():
-        out = module(feeds["sample"], feeds["timestep"], ehs, timestep_cond=cond).sample
-        return (geo.guidance.output(out, w) if geo.guidance_dim else out).numpy()
+        return module(feeds["sample"], feeds["timestep"], ehs, timestep_cond=cond).sample.numpy()
 
 
 def worst_psnr(out: np.ndarray, ref: np.ndarray, n_cases: int) -> float:

@@ -214,11 +214,10 @@ def _reference(name: str, module, feeds: dict, bundle, contract: Optional[dict] 
             return {"last_hidden_state": out.last_hidden_state.numpy(), "pooled_outputs": out.pooler_output.numpy()}
         if name == "Unet":
             ehs = t["encoder_hidden_states"].squeeze(2).transpose(1, 2)  # (B, C, 1, S) -> (B, S, C)
-            if "guidance_weight" not in t:
-                return {"noise_pred": module(t["sample"], t["timestep"], ehs).sample.numpy()}
-            guidance, w = bundle.card.guidance_embedding, t["guidance_weight"]
-            out = module(t["sample"], t["timestep"], ehs, timestep_cond=guidance.torch(w)).sample
-            return {"noise_pred": guidance.output(out, w).numpy()}
+            cond = None
+            if "guidance_weight" in t:
+                cond = bundle.card.guidance_embedding.torch(t["guidance_weight"])
+            return {"noise_pred": module(t["sample"], t["timestep"], ehs, timestep_cond=cond).sample.numpy()}
         tiny = type(module).__name__ == "AutoencoderTiny"
         if name in ("VAEDecoder", "VAEDecoderFull"):
             if tiny:

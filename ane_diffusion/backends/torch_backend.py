@@ -6,7 +6,6 @@ from typing import Optional
 
 import numpy as np
 
-from ..card import check_unet_outputs
 from ..guidance import GuidanceEmbedding
 from ..torch_models import import_torch as require_torch
 from ..torch_models import load_components
@@ -84,10 +83,9 @@ class TorchBackend:
         self.vae_dtype = self.dtype if vae_precision == "auto" else getattr(self.torch, vae_precision)
         if self.vae_dtype != self.dtype:
             self._cast_vae(self.vae_dtype)
-        check_unet_outputs(bundle.card, dict(self.components.unet.config), bundle.latent_channels)
         self.guidance_dim = self.components.unet.config.get("time_cond_proj_dim")
-        self.guidance = (GuidanceEmbedding(int(self.guidance_dim), bundle.card.guidance_embedding_scale,
-                                           bundle.card.guidance_heads) if self.guidance_dim else None)
+        self.guidance = (GuidanceEmbedding(int(self.guidance_dim), bundle.card.guidance_embedding_scale)
+                         if self.guidance_dim else None)
 
     def precision(self, component: str) -> str:
         """``float16`` / ``float32`` / ``bfloat16``: the dtype ``component`` computes in."""
@@ -113,12 +111,9 @@ class TorchBackend:
             cond = None
             if self.guidance is not None:
                 w = np.zeros(batch, np.float32) if w is None else np.full(batch, w, np.float32) if np.ndim(w) == 0 else w
-                w = self._tensor(w, torch.float32)
-                cond = self.guidance.torch(w).to(self.dtype)
+                cond = self.guidance.torch(self._tensor(w, torch.float32)).to(self.dtype)
             out = self.components.unet(self._tensor(sample), t, encoder_hidden_states=self._tensor(hidden),
                                        timestep_cond=cond).sample
-            if self.guidance is not None:
-                out = self.guidance.output(out.float(), w)
             return self._numpy(out)
 
     def _cast_vae(self, dtype) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..distill.config import DEFAULT_GUIDANCE_HEADS, DEFAULT_GUIDANCE_LR_SCALE, DEFAULT_W_RANGE, MIXED_PRECISION
+from ..distill.config import DEFAULT_GUIDANCE_LR_SCALE, DEFAULT_W_RANGE, MIXED_PRECISION
 from ..guidance import STUDENT_W_SCALE
 from ..schedule import PREDICTION_TYPES
 
@@ -77,9 +77,6 @@ def register(subparsers) -> None:
     g.add_argument("--guidance-embedding-scale", type=float, default=STUDENT_W_SCALE,
                    help="w is multiplied by this before its sinusoidal embedding (default %(default)s; LCM "
                         "uses 1000; see docs/training.md)")
-    g.add_argument("--guidance-heads", type=int, choices=(1, 2), default=DEFAULT_GUIDANCE_HEADS,
-                   help="2: one evaluation outputs the conditional and unconditional predictions, combined with w "
-                        "as in classifier-free guidance (default %(default)s; see docs/training.md)")
     g.add_argument("--guidance-lr-scale", type=float, default=DEFAULT_GUIDANCE_LR_SCALE,
                    help="the new guidance input learns at lr x this (default %(default)s; see docs/training.md)")
     g.add_argument("--loss-weighting", choices=("truncated_snr", "sqrt_truncated_snr", "x"), default="truncated_snr",
@@ -121,7 +118,6 @@ def config_from_args(args):
         stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
                          "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,
                          "guidance_embedding_scale": args.guidance_embedding_scale,
-                         "guidance_heads": args.guidance_heads,
                          "guidance_lr_scale": args.guidance_lr_scale, "loss_weighting": args.loss_weighting}
                         if args.stage == "guidance" else
                         {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps})

@@ -19,8 +19,6 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 DEFAULT_W_RANGE = (1.0, 13.0)
 """Stage-1 default ``[w_min, w_max]``: Stable Diffusion's common guidance scales 2 to 14."""
 
-DEFAULT_GUIDANCE_HEADS = 1
-"""Output heads of a stage-1 student (``DistillConfig.guidance_heads``)."""
 DEFAULT_GUIDANCE_LR_SCALE = 100.0
 """Stage-1 default learning-rate multiplier of the zero-initialised guidance input (measured on the
 demo teacher: see docs/training.md, "Guidance fidelity")."""
@@ -30,7 +28,7 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 (the run folder may have moved, and checkpoint/log frequency does not change the result)."""
 
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim",
-                             "guidance_embedding_scale", "guidance_heads", "guidance_lr_scale", "loss_weighting"),
+                             "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting"),
                 "progressive": ("start_steps", "target_steps"),
                 "decoder": ("decoder_students", "feature_weight", "encoder_weight", "samples_per_student")}
 """Fields only one stage reads (left out of the other stage's card)."""
@@ -71,10 +69,6 @@ class DistillConfig:
     guidance_embedding_scale: float = STUDENT_W_SCALE
     """w is multiplied by this before the sinusoidal embedding (recorded in the card): see
     :data:`ane_diffusion.guidance.STUDENT_W_SCALE`."""
-    guidance_heads: int = DEFAULT_GUIDANCE_HEADS
-    """2: the student outputs the conditional and the unconditional prediction from one evaluation,
-    combined with w by classifier-free guidance's formula (:func:`ane_diffusion.guidance.combine_heads`);
-    1: it outputs the guided prediction itself."""
     guidance_lr_scale: float = DEFAULT_GUIDANCE_LR_SCALE
     """The new guidance input (``time_embedding.cond_proj``) learns at ``lr x guidance_lr_scale``.
     It starts at zero and must grow to O(1) weights while the copied teacher weights only move a
@@ -207,10 +201,6 @@ class DistillConfig:
         if not self.guidance_embedding_scale > 0 or not math.isfinite(self.guidance_embedding_scale):
             raise ValueError(f"--guidance-embedding-scale must be a finite number > 0, got "
                              f"{self.guidance_embedding_scale}")
-        if self.guidance_heads not in (1, 2):
-            raise ValueError(f"--guidance-heads must be 1 or 2, got {self.guidance_heads}")
-        if self.guidance_heads == 2 and self.lora_rank:
-            raise ValueError("--guidance-heads 2 changes the output layer: it needs a full fine-tune, not --lora-rank")
         if self.guidance_embedding_dim < 2:
             raise ValueError(f"--guidance-embedding-dim must be >= 2, got {self.guidance_embedding_dim}")
 

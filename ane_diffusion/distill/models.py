@@ -29,24 +29,11 @@ def predict_x0(unet, z, t, hidden, alpha, sigma, kind: str, w=None, embedding: O
     """The clean-sample estimate (B, C, H, W) float32 of ``unet`` at ``z`` (B, C, H, W).
 
     ``t`` (B,) long, ``hidden`` (B, 77, D), ``alpha``/``sigma`` (B,); ``w`` (B,) goes in through
-    ``embedding`` when it is set (students; a two-head student's halves are combined with it), and is
-    ignored otherwise.
+    ``embedding`` when it is set (students), and is ignored otherwise.
     """
     cond = embedding.torch(w) if embedding is not None else None
     out = unet(z, t, encoder_hidden_states=hidden, timestep_cond=cond).sample.float()
-    if embedding is not None:
-        out = embedding.output(out, w)
     return to_x0(out, z, expand_like(alpha, z), expand_like(sigma, z), kind)
-
-
-def predict_x0_heads(unet, z, t, hidden, alpha, sigma, kind: str, w, embedding: "GuidanceEmbedding"):
-    """A two-head student's conditional and unconditional clean-sample estimates, each (B, C, H, W)
-    float32, from one evaluation (arguments as :func:`predict_x0`). Their combination with w
-    (:func:`ane_diffusion.guidance.combine`) equals :func:`predict_x0`: ``to_x0`` is affine in the output."""
-    out = unet(z, t, encoder_hidden_states=hidden, timestep_cond=embedding.torch(w)).sample.float()
-    alpha, sigma = expand_like(alpha, z), expand_like(sigma, z)
-    cond, uncond = out.chunk(2, dim=1)
-    return to_x0(cond, z, alpha, sigma, kind), to_x0(uncond, z, alpha, sigma, kind)
 
 
 def freeze(unet, dtype=None):

@@ -23,13 +23,12 @@ from typing import Callable
 from ..bundle import resolve_bundle
 from ..card import ModelCard
 from ..guidance import GuidanceEmbedding
-from ..guidance import combine
-from ..schedule import add_noise, expand_like, to_x0
+from ..schedule import add_noise, expand_like
 from .config import DistillConfig
 from .data import check_data
 from .engine import Engine, MicroBatch
-from .models import alpha_sigma, freeze, lineage_entry, predict_x0, predict_x0_heads, student_scheduler_config
-from .targets import LOSS_WEIGHTINGS, weighted_mse
+from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config
+from .targets import LOSS_WEIGHTINGS, guided_target, weighted_mse
 
 STUDENT_DIR = "student"
 ADAPTER_FILE = "student-lora.safetensors"
@@ -41,21 +40,13 @@ GUIDANCE_INPUT = "time_embedding.cond_proj"
 trained at ``lr x cfg.guidance_lr_scale``."""
 
 
-def teacher_branches_x0(teacher, z, t, cond, uncond, alpha, sigma, kind: str):
-    """The teacher's conditional and unconditional x estimates, each (B, C, H, W) float32: one batch-2
-    call on [uncond; cond], as at runtime."""
+def guided_teacher_x0(teacher, z, t, cond, uncond, alpha, sigma, w, kind: str):
+    """The guided teacher's x estimate (B, C, H, W): one batch-2 call on [uncond; cond], as at runtime."""
     import torch
 
     both = teacher(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
     out_uncond, out_cond = both.float().chunk(2)
-    alpha, sigma = expand_like(alpha, z), expand_like(sigma, z)
-    return to_x0(out_cond, z, alpha, sigma, kind), to_x0(out_uncond, z, alpha, sigma, kind)
-
-
-def guided_teacher_x0(teacher, z, t, cond, uncond, alpha, sigma, w, kind: str):
-    """The guided teacher's x estimate (B, C, H, W) (:func:`~ane_diffusion.distill.targets.guided_target`)."""
-    x_cond, x_uncond = teacher_branches_x0(teacher, z, t, cond, uncond, alpha, sigma, kind)
-    return combine(x_cond, x_uncond, expand_like(w, z))
+    return guided_target(out_cond, out_uncond, z, alpha, sigma, w, kind)
 
 
 @dataclass
@@ -72,11 +63,6 @@ class GuidanceLoss:
     autocast: Callable
     loss_weighting: str = "truncated_snr"
     """A key of :data:`~ane_diffusion.distill.targets.LOSS_WEIGHTINGS`."""
-    head_loss_weight: float = 1.0
-    """Two-head students: weight of the heads' own errors against the teacher's conditional and
-    unconditional x estimates (their mean), added to the guided error. The guided error alone leaves
-    the heads ill-determined: ``(1 + w) a - w u`` is fixed along a direction that barely changes
-    with w for w >> 1, and the w = 0 output (``a`` alone) drifts."""
 
     def draw(self, batch: MicroBatch):
         """``(z_t, t, w)`` for the batch's latents: t (B,) CPU int64, z_t and w on the device."""
@@ -97,17 +83,9 @@ class GuidanceLoss:
         alpha, sigma = alpha_sigma(self.schedule, t, z.device)
         t = t.to(z.device)
         with torch.no_grad(), self.autocast():
-            x_cond, x_uncond = teacher_branches_x0(self.teacher, z, t, cond, uncond, alpha, sigma, self.teacher_kind)
-        weight = LOSS_WEIGHTINGS[self.loss_weighting](alpha, sigma)
-        target = combine(x_cond, x_uncond, expand_like(w, z))
-        if self.embedding.heads == 1:
-            x_hat = predict_x0(student, z, t, cond, alpha, sigma, self.student_kind, w, self.embedding)
-            return weighted_mse(x_hat, target, weight)
-        head_cond, head_uncond = predict_x0_heads(student, z, t, cond, alpha, sigma, self.student_kind, w,
-                                                  self.embedding)
-        guided = weighted_mse(combine(head_cond, head_uncond, expand_like(w, z)), target, weight)
-        heads = 0.5 * (weighted_mse(head_cond, x_cond, weight) + weighted_mse(head_uncond, x_uncond, weight))
-        return guided + self.head_loss_weight * heads
+            target = guided_teacher_x0(self.teacher, z, t, cond, uncond, alpha, sigma, w, self.teacher_kind)
+        x_hat = predict_x0(student, z, t, cond, alpha, sigma, self.student_kind, w, self.embedding)
+        return weighted_mse(x_hat, target, LOSS_WEIGHTINGS[self.loss_weighting](alpha, sigma))
 
     def __call__(self, student, batch: MicroBatch):
         z, t, w = self.draw(batch)
@@ -121,7 +99,7 @@ def guidance_card(teacher_bundle, cfg: DistillConfig, summary: dict, data_summar
         kind="guidance-distilled", prediction_type=cfg.prediction_type, steps=None,
         w_min=cfg.w_min, w_max=cfg.w_max, default_w=min(max(teacher.default_w, cfg.w_min), cfg.w_max),
         guidance_embedding_dim=cfg.guidance_embedding_dim, guidance_embedding_scale=cfg.guidance_embedding_scale,
-        guidance_heads=cfg.guidance_heads, recommended_sampler=teacher.recommended_sampler,
+        recommended_sampler=teacher.recommended_sampler,
         recommended_steps=teacher.recommended_steps, teacher=teacher_bundle.source,
         lineage=list(teacher.lineage) + [lineage_entry(teacher, teacher_bundle.source)],
         training={"stage": "guidance", **summary, "data": data_summary, "settings": cfg.settings_for("guidance"),
@@ -151,12 +129,10 @@ def distill_guidance(cfg: DistillConfig) -> Path:
                                         cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).train()
         teacher = student_lora.BaseView(student)
     else:
-        student = add_guidance_input(components.unet, cfg.guidance_embedding_dim,
-                                     cfg.guidance_heads).train().requires_grad_(True)
+        student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)
         teacher = freeze(components.unet, engine.half_dtype)
     loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
-                        GuidanceEmbedding(cfg.guidance_embedding_dim, cfg.guidance_embedding_scale, cfg.guidance_heads),
-                        cfg.w_min,
+                        GuidanceEmbedding(cfg.guidance_embedding_dim, cfg.guidance_embedding_scale), cfg.w_min,
                         cfg.w_max, engine.autocast, cfg.loss_weighting)
     result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data,
                                 lr_scales={GUIDANCE_INPUT: cfg.guidance_lr_scale})

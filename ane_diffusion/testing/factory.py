@@ -55,14 +55,12 @@ def tiny_tokenizer_files(corpus=TINY_CORPUS) -> tuple[dict, dict]:
 def make_tiny_bundle(folder: Path, student: bool = False, seed: int = 0, prediction_type: str = "epsilon",
                      embedding_dim: int = 16, steps: int | None = None, sample_size: int = 8,
                      card: ModelCard | None = None, unet_in_channels: int = 4,
-                     embedding_scale: float = STUDENT_W_SCALE, heads: int = 1) -> Path:
+                     embedding_scale: float = STUDENT_W_SCALE) -> Path:
     """Write a tiny teacher (or guidance-conditioned student) bundle to ``folder``.
 
     A student's card records ``embedding_scale`` (default: what students distilled here record).
 
     ``unet_in_channels=9`` makes a dedicated inpainting UNet (latent, mask, masked-image latent).
-    ``heads=2`` makes a two-head student (:func:`ane_diffusion.guidance.combine_heads`) whose
-    unconditional half differs from its conditional one.
     """
     import torch
 
@@ -76,16 +74,13 @@ def make_tiny_bundle(folder: Path, student: bool = False, seed: int = 0, predict
     torch.manual_seed(seed)
     components = build_from_configs(configs)
     if student:
-        components.unet = add_guidance_input(components.unet, embedding_dim, heads)
+        components.unet = add_guidance_input(components.unet, embedding_dim)
         with torch.no_grad():  # a random (not zero) guidance projection, so w visibly matters
             components.unet.time_embedding.cond_proj.weight.normal_(0, 0.5)
-            if heads == 2:  # and an unconditional half of its own
-                half = components.unet.conv_out.out_channels // 2
-                components.unet.conv_out.weight[half:].mul_(0.5)
     if card is None:
         card = (ModelCard(kind="guidance-distilled", prediction_type=prediction_type, steps=steps,
                           w_min=0.0, w_max=8.0, default_w=3.0, guidance_embedding_dim=embedding_dim,
-                          guidance_embedding_scale=embedding_scale, guidance_heads=heads,
+                          guidance_embedding_scale=embedding_scale,
                           recommended_sampler="ddim", recommended_steps=steps or 4,
                           description="tiny random student for tests")
                 if student else

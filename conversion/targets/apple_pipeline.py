@@ -142,14 +142,12 @@ def _classes():
             self.unet = unet
             self.kind = kind
             self.register_buffer("cond", embedding.torch(torch.tensor([float(w)])))  # (1, D) float32
-            self.embedding, self.w = embedding, float(w)
             alpha, sigma = _alpha_sigma_tables(bundle)
             self.register_buffer("alpha", alpha)
             self.register_buffer("sigma", sigma)
 
         def forward(self, sample, timestep, encoder_hidden_states):
             out = self.unet(sample, timestep, encoder_hidden_states, self.cond.expand(sample.shape[0], -1))
-            out = self.embedding.output(out, self.w)  # a two-head student's halves, combined at the fixed w
             index = timestep.round().clamp(0, self.alpha.shape[0] - 1).to(torch.int32)  # (B,)
             alpha = self.alpha[index].reshape(-1, 1, 1, 1)
             sigma = self.sigma[index].reshape(-1, 1, 1, 1)
