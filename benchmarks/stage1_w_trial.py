@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ane_diffusion.guidance import STUDENT_W_SCALE  # noqa: E402
+from ane_diffusion.schedule import PREDICTION_TYPES  # noqa: E402
 
 
 def train(args) -> str:
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--guidance-lr-scale", type=float, default=100.0)
     p.add_argument("--embedding-scale", type=float, default=STUDENT_W_SCALE,
                    help="w x this goes into the sinusoid (default %(default)s; LCM and the first demo students: 1000)")
-    p.add_argument("--prediction-type", default="v_prediction", choices=("v_prediction", "epsilon", "sample"),
+    p.add_argument("--prediction-type", default="v_prediction", choices=PREDICTION_TYPES,
                    help="the student's output parameterisation (the demo teacher's is epsilon)")
     p.add_argument("--loss-weighting", default="truncated_snr", choices=("truncated_snr", "sqrt_truncated_snr", "x"))
     p.add_argument("--images", type=int, default=4000)
