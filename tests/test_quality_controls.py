@@ -113,3 +113,26 @@ def test_models_embedded_plans_every_shipped_model_by_name():
         ("teacher 16", "demo-teacher"), ("teacher 4", "demo-teacher"), ("stage-1 16", "demo-stage1"),
         ("stage-1 4", "demo-stage1"), ("progressive 8", "demo-8step"), ("progressive 4", "demo-4step"),
         ("progressive 2", "demo-2step"), ("progressive 1", "demo-1step")]
+
+
+def test_paired_decoder_difference_sees_damage_and_nothing_else():
+    """benchmarks/decoder_quality.py's paired measure: the same images twice differ by exactly 0
+    (interval [0, 0], no image wrong with one only); images whose colour channels are rolled lose
+    colour accuracy with an interval below 0."""
+    from benchmarks.decoder_quality import paired_accuracy
+    from benchmarks.quality.evaluator import Evaluator
+    from benchmarks.quality.harness import choose_scenes, render_real
+
+    scenes = choose_scenes("train", 16, 0)
+    per_image = [s for s in scenes for _ in range(2)]
+    groups = np.repeat(np.arange(16), 2)
+    real = render_real(scenes, 2, 5).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1  # (N, 3, 32, 32)
+    evaluator = Evaluator.load()
+    same = {r["attribute"]: r for r in paired_accuracy(evaluator, {"full": real, "tiny": real.copy()}, per_image, groups)}
+    assert set(same) == {"shape", "colour", "size", "position", "background", "all_attributes"}
+    for row in same.values():
+        assert row["difference_points"] == 0 and row["interval_points"] == [0, 0]
+        assert row["wrong_only_with_tiny"] == row["wrong_only_with_full"] == 0
+    rolled = {r["attribute"]: r for r in paired_accuracy(
+        evaluator, {"full": real, "tiny": np.roll(real, 1, axis=1)}, per_image, groups)}
+    assert rolled["colour"]["interval_points"][1] < 0 and rolled["colour"]["wrong_only_with_tiny"] > 8
