@@ -62,7 +62,7 @@ def resolve_decoder(bundle, requested: Optional[str]) -> str:
     return requested
 
 
-def tiny_config(vae_config: dict) -> dict:
+def tiny_config(vae_config: dict, width: Optional[int] = None) -> dict:
     """An ``AutoencoderTiny`` config that fits a VAE: same latent channels and scale factor.
 
     The VAE downsamples ``len(block_out_channels) - 1`` times, so the tiny autoencoder gets that
@@ -70,11 +70,14 @@ def tiny_config(vae_config: dict) -> dict:
     VAE as wide as Stable Diffusion's (>= 256 channels at the bottom), otherwise half the VAE's
     widest level, at least 16 (32 for the demo's 64-channel VAE: a quarter, 16, lost up to 21
     points of shape accuracy on the demo's 32x32 scenes, issue 13). Blocks per level:
-    TAESD's (1, 3, 3, 3) / (3, 3, 3, 1), the last levels kept when there are fewer.
+    TAESD's (1, 3, 3, 3) / (3, 3, 3, 1), the last levels kept when there are fewer. ``width``
+    (channels at every level) overrides the rule; ValueError when it is below 1.
     """
+    if width is not None and width < 1:
+        raise ValueError(f"tiny decoder width must be a positive number of channels, got {width}")
     levels = len(vae_config.get("block_out_channels", [0, 0, 0, 0]))
     widest = max(vae_config.get("block_out_channels") or [512])
-    width = 64 if widest >= 256 else max(16, widest // 2)
+    width = width or (64 if widest >= 256 else max(16, widest // 2))
     encoder_blocks = ((1,) + (3,) * (levels - 1))
     decoder_blocks = ((3,) * (levels - 1) + (1,))
     return {"_class_name": "AutoencoderTiny", "in_channels": 3, "out_channels": 3,

@@ -260,7 +260,8 @@ def _io_specs(key: str, geo: Geometry, precision: str, variant: str = "full") ->
         if geo.student:
             inputs.append(TensorSpec("guidance_weight", (b,), "float32",
                                      "the paper's guidance weight w (guidance_scale = 1 + w); its sinusoidal "
-                                     "embedding of w*1000 is computed in float32 inside the model"))
+                                     f"embedding of w*{geo.guidance_scale:g} is computed in float32 inside the "
+                                     "model"))
         desc = (f"the UNet's raw output in the card's prediction_type ({geo.prediction_type}); named "
                 "noise_pred as in Apple's contract")
         if not geo.student:

@@ -179,3 +179,26 @@ def test_tiny_decoder_converts_and_verifies(trained, tmp_path):
         convert_bundle(ConvertOptions(model=str(root / "student"), output=tmp_path / "none",
                                       components="vae_decoder", decoder="tiny"), progress=Progress(enabled=False))
     assert not (tmp_path / "none").exists()
+
+
+def test_width_sets_the_tiny_autoencoders_channels(trained, tmp_path):
+    root, _, _ = trained
+    vae = resolve_bundle(root / "student").configs["vae"]
+    default = tiny_config(vae)
+    assert tiny_config(vae, None) == default
+    wide = tiny_config(vae, 2 * default["decoder_block_out_channels"][0])
+    assert wide["decoder_block_out_channels"] == wide["encoder_block_out_channels"] == \
+        [2 * c for c in default["decoder_block_out_channels"]]
+    assert sum(p.numel() for p in build_tiny(wide).parameters()) > sum(p.numel() for p in build_tiny(default).parameters())
+    with pytest.raises(ValueError, match="positive number of channels"):
+        tiny_config(vae, 0)
+    with pytest.raises(ValueError, match="--width must be >= 1"):
+        config(root, tmp_path / "bad", tiny_width=0).check("decoder")
+    path = distill_decoder(config(root, tmp_path / "run", updates=2, tiny_width=24))
+    saved = resolve_bundle(path).configs["vae_tiny"]
+    assert saved["decoder_block_out_channels"] == [24] * len(default["decoder_block_out_channels"])
+    card = json.loads((path / "vae_tiny" / DECODER_CARD).read_text())
+    assert card["training"]["settings"]["tiny_width"] == 24
+    proc = run_cli("distill", "decoder", "--model", root / "student", "--data", root / "images", "--output",
+                   tmp_path / "cli", "--width", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and "--width must be >= 1" in proc.stderr and not (tmp_path / "cli" / "bundle").exists()

@@ -30,7 +30,8 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim",
                              "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting"),
                 "progressive": ("start_steps", "target_steps"),
-                "decoder": ("decoder_students", "feature_weight", "encoder_weight", "samples_per_student")}
+                "decoder": ("decoder_students", "feature_weight", "encoder_weight", "samples_per_student",
+                            "tiny_width")}
 """Fields only one stage reads (left out of the other stage's card)."""
 
 
@@ -90,6 +91,8 @@ class DistillConfig:
     """Weight of the tiny encoder's latent MSE."""
     samples_per_student: Optional[int] = None
     """Student samples per ``decoder_students`` model (default: one per training example)."""
+    tiny_width: Optional[int] = None
+    """Channels of every level of the tiny autoencoder (default: :func:`ane_diffusion.decoders.tiny_config`'s rule)."""
 
     # optimisation (per phase in stage 2)
     updates: int = 1000
@@ -178,6 +181,8 @@ class DistillConfig:
         elif stage == "decoder":
             if self.samples_per_student is not None and self.samples_per_student < 1:
                 raise ValueError(f"--samples-per-student must be >= 1, got {self.samples_per_student}")
+            if self.tiny_width is not None and self.tiny_width < 1:
+                raise ValueError(f"--width must be >= 1 channel, got {self.tiny_width}")
             for name in ("feature_weight", "encoder_weight"):
                 if getattr(self, name) < 0:
                     raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")

@@ -283,7 +283,7 @@ def distill_decoder(cfg: DistillConfig) -> Path:
                if students else None)
     train = with_student_latents(data, samples, len(students))
     vae = components.vae.eval().requires_grad_(False)
-    config = tiny_config(bundle.configs["vae"])
+    config = tiny_config(bundle.configs["vae"], cfg.tiny_width)
     torch.manual_seed(cfg.seed)
     tiny = build_tiny(config)
     trainee = _trainee(tiny, bundle.scaling_factor).train()
