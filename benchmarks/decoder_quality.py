@@ -124,9 +124,6 @@ def main(argv=None) -> int:
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", default=None,
-                        help="a folder with steps-4, steps-2, steps-1 bundles to measure instead of the embedded "
-                             "students (for example a recipe's work folder with a retrained tiny decoder)")
     args = parser.parse_args(argv)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -143,7 +140,7 @@ def main(argv=None) -> int:
     evaluator = Evaluator.load()
     psnr, accuracy, pairs = [], [], []
     for steps in STUDENTS:
-        pipe = load_pipeline(str(Path(args.models) / f"steps-{steps}") if args.models else STUDENTS[steps])
+        pipe = load_pipeline(STUDENTS[steps])
         for split in SPLITS:
             scenes = choose_scenes(split, args.num_prompts, 0)
             prompts = [scene.caption(0) for scene in scenes]
@@ -159,8 +156,7 @@ def main(argv=None) -> int:
     pairs_png([p for ps in pairs for p in ps], args.out / "pairs.png")
     record = {"benchmark": "decoder quality (demo)", "date": rep.now(), "machine": rep.machine(),
               "versions": rep.versions(), "git_commit": rep.git_commit(ROOT),
-              "settings": vars(args) | {"out": str(args.out), "w": W, "sampler": "ddim", "seed": 0,
-                                        "models": args.models or "embedded"},
+              "settings": vars(args) | {"out": str(args.out), "w": W, "sampler": "ddim", "seed": 0},
               "psnr": psnr, "accuracy_differences": accuracy,
               "target_met": all(abs(d["difference_points"]) <= TARGET_POINTS for d in accuracy)}
     rep.write_json(args.out / "decoder-quality.json", record)
@@ -173,7 +169,7 @@ def markdown(r: dict) -> str:
     s, m = r["settings"], r["machine"]
     lines = ["# The demo's tiny decoder against its full VAE decoder", "",
              f"{r['date']} on {m['cpu']} ({m['cores']} cores), {s['threads']} thread. Students: "
-             f"{'the embedded' if s['models'] == 'embedded' else s['models']} 4/2/1-step models; w = {s['w']}; "
+             f"the embedded 4/2/1-step models; w = {s['w']}; "
              f"DDIM; the quality harness's prompts, {s['images_per_prompt']} seeds each.", "",
              "## PSNR of the tiny decoder's image against the full decoder's, same latents", "",
              "Latents: each student's own samples for the train-split prompts. Control: the same tiny "
