@@ -44,13 +44,14 @@ def sample_and_decode(pipe, prompts: list[str], steps: int, seeds: int) -> dict:
 
     from ane_diffusion.pipeline import Settings
 
-    captured = []
+    latents, full = [], []
     backend = pipe.backend
     original = backend.decode
 
-    def capture(latents, decoder="full"):
-        captured.append(latents.copy())
-        return original(latents, decoder)
+    def capture(z, decoder="full"):  # the pipeline decodes one image a call
+        latents.append(z.copy())
+        full.append(original(z, decoder))
+        return full[-1]
 
     backend.decode = capture
     try:
@@ -58,10 +59,8 @@ def sample_and_decode(pipe, prompts: list[str], steps: int, seeds: int) -> dict:
                                              decoder="full"))
     finally:
         backend.decode = original
-    z = np.concatenate(captured)
-    # one image a call, as the pipeline decodes
-    return {"z": z, "full": np.concatenate([original(z[i:i + 1], "full") for i in range(len(z))]),
-            "tiny": np.concatenate([original(z[i:i + 1], "tiny") for i in range(len(z))])}
+    return {"z": np.concatenate(latents), "full": np.concatenate(full),
+            "tiny": np.concatenate([original(z, "tiny") for z in latents])}
 
 
 def psnr_row(pipe, steps: int, decoded: dict) -> dict:
@@ -110,10 +109,10 @@ def pairs_png(pairs: list, path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    strips = []
-    for images in pairs:  # per student: full, then tiny
-        strips.append(np.concatenate([((np.clip(im, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
-                                      for im in images], axis=1))
+    from ane_diffusion.pipeline import to_pil
+
+    strips = [np.concatenate([np.asarray(im) for im in to_pil(images)], axis=1)
+              for images in pairs]  # per student: full, then tiny
     grid = np.concatenate(strips, axis=0)
     Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.Resampling.NEAREST).save(path)
 
