@@ -4,6 +4,7 @@ and encoder convert and verify through the executor, and ``--decoder`` picks (or
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -202,3 +203,34 @@ def test_width_sets_the_tiny_autoencoders_channels(trained, tmp_path):
     proc = run_cli("distill", "decoder", "--model", root / "student", "--data", root / "images", "--output",
                    tmp_path / "cli", "--width", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "--width must be >= 1" in proc.stderr and not (tmp_path / "cli" / "bundle").exists()
+
+
+def test_edge_term_measures_sharpness_and_weights_the_loss(trained, tmp_path):
+    from ane_diffusion.distill.decoder import DecoderLoss, _trainee, edge_error
+
+    sharp = torch.zeros(2, 3, 16, 16)
+    sharp[:, :, 4:12, 4:12] = 1.0  # a square with hard corners
+    blurred = torch.nn.functional.avg_pool2d(sharp, 3, stride=1, padding=1, count_include_pad=False)
+    assert edge_error(sharp, sharp) == 0 and torch.isclose(edge_error(sharp + 0.3, sharp), torch.tensor(0.0))
+    assert edge_error(blurred, sharp) > 0.01  # blur is an edge error; a colour shift is not
+    dx = torch.zeros(1, 1, 2, 3)
+    dx[..., 1] = 1.0  # a column off by 1: every horizontal difference is +-1, every vertical one 0
+    assert torch.isclose(edge_error(dx, torch.zeros_like(dx)), torch.tensor(1.0))
+
+    root, _, path = trained
+    bundle = resolve_bundle(path)
+    modules = load_components(bundle)
+    trainee = _trainee(modules.vae_tiny, bundle.scaling_factor)
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    batch = SimpleNamespace(x0=x0)  # all the loss reads of a MicroBatch
+    plain = DecoderLoss(modules.vae, bundle.scaling_factor)
+    edged = DecoderLoss(modules.vae, bundle.scaling_factor, edge_weight=3.0)
+    terms = plain.terms(trainee, x0)
+    assert terms["edge"] > 0
+    torch.testing.assert_close(edged(trainee, batch) - plain(trainee, batch), 3.0 * terms["edge"])
+    with pytest.raises(ValueError, match="--edge-weight must be >= 0"):
+        config(root, tmp_path / "bad", edge_weight=-1.0).check("decoder")
+    proc = run_cli("distill", "decoder", "--model", root / "student", "--data", root / "images", "--output",
+                   tmp_path / "cli", "--edge-weight", "-1", cwd=tmp_path)
+    assert proc.returncode == 2 and "--edge-weight must be >= 0" in proc.stderr
+    assert not (tmp_path / "cli" / "bundle").exists()

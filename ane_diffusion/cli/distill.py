@@ -103,6 +103,8 @@ def register(subparsers) -> None:
                    help="samples of each --students model (default: one per training example)")
     d.add_argument("--feature-weight", type=float, default=1.0, help="VAE-encoder feature (perceptual) loss weight")
     d.add_argument("--encoder-weight", type=float, default=1.0, help="tiny encoder latent-MSE weight")
+    d.add_argument("--edge-weight", type=float, default=0.0,
+                   help="weight of the edge term (MSE of image gradients): sharper edges and corners")
     d.add_argument("--width", type=int, default=None, dest="tiny_width",
                    help="channels of every level of the tiny autoencoder (default: 64 for a VAE as wide as Stable "
                         "Diffusion's, else half the VAE's widest level)")
@@ -117,7 +119,7 @@ def config_from_args(args):
         stage_fields = {"model": args.model, "decoder_students": args.students,
                         "samples_per_student": args.samples_per_student,
                         "feature_weight": args.feature_weight, "encoder_weight": args.encoder_weight,
-                        "tiny_width": args.tiny_width}
+                        "edge_weight": args.edge_weight, "tiny_width": args.tiny_width}
     else:
         stage_fields = ({"model": args.teacher, "w_min": args.w_min, "w_max": args.w_max,
                          "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,

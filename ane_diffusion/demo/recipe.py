@@ -69,6 +69,8 @@ class RecipeSettings:
     decoder_batch: int = 16
     decoder_lr: float = 1e-3
     decoder_samples_per_student: int = 400
+    decoder_edge_weight: float = 0.0
+    """Weight of the tiny decoder's edge term (``distill decoder --edge-weight``)."""
     decoder_width: int = 0
     """Channels of the tiny autoencoder's levels; 0: :func:`ane_diffusion.decoders.tiny_config`'s rule
     (32 here). 64 at 4000 updates was more faithful (+2.3 dB) but still missed the 1-point target and
@@ -241,7 +243,8 @@ class Recipe:
             self.distill_config(model, run, s.decoder_updates), data=str(images), batch_size=s.decoder_batch,
             lr=s.decoder_lr,
             warmup=min(100, s.decoder_updates // 10), ema_decay=None, decoder_students=students,
-            samples_per_student=s.decoder_samples_per_student, tiny_width=s.decoder_width or None)
+            samples_per_student=s.decoder_samples_per_student, tiny_width=s.decoder_width or None,
+            edge_weight=s.decoder_edge_weight)
         bundle = distill_decoder(cfg)
         card = json.loads((bundle / "vae_tiny" / "decoder_card.json").read_text())
         self.log(json.dumps({"stage": "decoder", "fidelity": card["fidelity"], "parameters": card["parameters"]}))

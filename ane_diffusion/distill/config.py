@@ -30,8 +30,8 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim",
                              "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting"),
                 "progressive": ("start_steps", "target_steps"),
-                "decoder": ("decoder_students", "feature_weight", "encoder_weight", "samples_per_student",
-                            "tiny_width")}
+                "decoder": ("decoder_students", "feature_weight", "encoder_weight", "edge_weight",
+                            "samples_per_student", "tiny_width")}
 """Fields only one stage reads (left out of the other stage's card)."""
 
 
@@ -89,6 +89,8 @@ class DistillConfig:
     """Weight of the VAE-encoder feature term (see :mod:`ane_diffusion.distill.decoder`)."""
     encoder_weight: float = 1.0
     """Weight of the tiny encoder's latent MSE."""
+    edge_weight: float = 0.0
+    """Weight of the decoder's edge (image-gradient MSE) term (see :mod:`ane_diffusion.distill.decoder`)."""
     samples_per_student: Optional[int] = None
     """Student samples per ``decoder_students`` model (default: one per training example)."""
     tiny_width: Optional[int] = None
@@ -183,7 +185,7 @@ class DistillConfig:
                 raise ValueError(f"--samples-per-student must be >= 1, got {self.samples_per_student}")
             if self.tiny_width is not None and self.tiny_width < 1:
                 raise ValueError(f"--width must be >= 1 channel, got {self.tiny_width}")
-            for name in ("feature_weight", "encoder_weight"):
+            for name in ("feature_weight", "encoder_weight", "edge_weight"):
                 if getattr(self, name) < 0:
                     raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         else:

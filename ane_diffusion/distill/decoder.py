@@ -17,10 +17,18 @@ Training latents (B, 4, h, w), in the diffusion space (scaled by the VAE's ``sca
 Targets come from the frozen full VAE: ``x = vae.decode(z)`` for the decoder and
 ``vae.encode(x).mean`` for the encoder. The loss (:class:`DecoderLoss`) per micro-batch::
 
-    L = |D(z) - x|^2 + feature_weight * sum_l |F_l(D(z)) - F_l(x)|^2 / var(F_l(x))
+    L = |D(z) - x|^2 + edge_weight * |grad D(z) - grad x|^2
+        + feature_weight * sum_l |F_l(D(z)) - F_l(x)|^2 / var(F_l(x))
         + encoder_weight * |E(x) - vae.encode(x).mean|^2 * scaling_factor^2
 
 * pixel MSE, images in [-1, 1];
+* an edge term: the MSE of the images' horizontal and vertical finite differences (the gradient
+  loss of Mathieu, Couprie & LeCun, "Deep multi-scale video prediction beyond mean square error",
+  ICLR 2016, squared). In frequency terms it weights the error at spatial frequency (u, v) by
+  ``4 sin^2(u/2) + 4 sin^2(v/2)``: pixel MSE plus ``edge_weight`` x this term raises the weight of
+  the finest detail ``1 + 8 edge_weight`` times over flat colour. Pixel MSE alone leaves the tiny
+  decoder blurrier than the full one (on the demo, 0.88 of its gradient energy, 57% of the error on
+  the 10% sharpest pixels), and the blur is what rounds small shapes' corners;
 * a feature (perceptual) term: ``F_l`` are the activations after the VAE encoder's input
   convolution and each of its down blocks, i.e. multi-scale edge and texture detectors that this
   bundle's own VAE learnt on this data. LPIPS would need downloaded VGG/AlexNet weights, which do
@@ -89,6 +97,15 @@ def _trainee(tiny, scaling_factor: float):
     return Trainee()
 
 
+def edge_error(images, target):
+    """Mean squared difference of the horizontal plus the vertical finite differences of two image
+    batches (B, C, H, W): the edge term of :class:`DecoderLoss` (0 for identical images, and for
+    images that differ by a constant)."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]) - (target[..., :, 1:] - target[..., :, :-1])
+    dy = (images[..., 1:, :] - images[..., :-1, :]) - (target[..., 1:, :] - target[..., :-1, :])
+    return dx.pow(2).mean() + dy.pow(2).mean()
+
+
 class VAEFeatures:
     """Multi-scale features of a frozen VAE encoder: after ``conv_in`` and after each down block."""
 
@@ -112,6 +129,7 @@ class DecoderLoss:
     scaling_factor: float
     feature_weight: float = 1.0
     encoder_weight: float = 1.0
+    edge_weight: float = 0.0
     cache_mb: float = TARGET_CACHE_MB
     """Targets of each latent are computed once and kept (they never change: the VAE is frozen) up
     to this many MB; the rest are recomputed every time."""
@@ -149,6 +167,7 @@ class DecoderLoss:
         z, x, mean = self.targets(x0)
         decoded, encoded = trainee(z, x)
         pixel = torch.mean((decoded - x) ** 2)
+        edge = edge_error(decoded, x)
         feature = decoded.new_zeros(())
         if self.feature_weight:
             with torch.no_grad():
@@ -157,11 +176,12 @@ class DecoderLoss:
                 feature = feature + torch.mean((got - target) ** 2) / (target.var() + 1e-6)
             feature = feature / len(want)
         encoder = torch.mean((encoded - mean) ** 2) * self.scaling_factor ** 2
-        return {"pixel": pixel, "feature": feature, "encoder": encoder}
+        return {"pixel": pixel, "edge": edge, "feature": feature, "encoder": encoder}
 
     def __call__(self, trainee, batch: MicroBatch):
         t = self.terms(trainee, batch.x0)
-        return t["pixel"] + self.feature_weight * t["feature"] + self.encoder_weight * t["encoder"]
+        return (t["pixel"] + self.edge_weight * t["edge"] + self.feature_weight * t["feature"]
+                + self.encoder_weight * t["encoder"])
 
 
 def student_latents(students: list, data, seed: int, device, count: Optional[int] = None) -> "object":
@@ -287,7 +307,7 @@ def distill_decoder(cfg: DistillConfig) -> Path:
     torch.manual_seed(cfg.seed)
     tiny = build_tiny(config)
     trainee = _trainee(tiny, bundle.scaling_factor).train()
-    loss = DecoderLoss(vae, bundle.scaling_factor, cfg.feature_weight, cfg.encoder_weight)
+    loss = DecoderLoss(vae, bundle.scaling_factor, cfg.feature_weight, cfg.encoder_weight, cfg.edge_weight)
     result = engine.train_phase(0, LABEL, trainee, loss, train)
     trained = result.model.tiny.eval()
     heldout = student_latents(students, data, cfg.seed + 1, engine.device, count=HELDOUT) if students else None
@@ -309,4 +329,5 @@ def distill_decoder(cfg: DistillConfig) -> Path:
     return path
 
 
-__all__ = ["DECODER_CARD", "DecoderLoss", "VAEFeatures", "distill_decoder", "fidelity", "psnr_db", "save_tiny"]
+__all__ = ["DECODER_CARD", "DecoderLoss", "VAEFeatures", "distill_decoder", "edge_error", "fidelity", "psnr_db",
+           "save_tiny"]
