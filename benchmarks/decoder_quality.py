@@ -17,6 +17,10 @@ w = 3, DDIM) once; its final latents are decoded by the full decoder and by the 
    decoders: :func:`benchmarks.quality.stats.bootstrap_interval` on the per-image difference), plus
    how many images each decoder alone gets wrong. Target (issue 13): at most 1 point on every
    attribute.
+3. A control for the evaluator's sensitivity: the full decoder's images plus white noise of the
+   same mean squared error as the tiny decoder's (:func:`noise_like`), read the same way. It tells
+   whether the tiny decoder's flipped verdicts come from the size of its error or from its kind
+   (blurred edges and corners): equal-size unstructured noise flips far fewer.
 
 Writes ``OUT/decoder-quality.{json,md}`` and ``OUT/pairs.png`` (full above tiny, a few prompts per
 student).
@@ -105,6 +109,36 @@ def paired_accuracy(evaluator, decoded: dict, per_image: list, groups) -> list[d
     return rows
 
 
+ATTRIBUTE_ROWS = ("shape", "colour", "size", "position", "background")
+
+
+def flips(rows: list[dict]) -> int:
+    """Images whose verdict differs between the two versions, summed over the five attributes."""
+    return sum(r["wrong_only_with_tiny"] + r["wrong_only_with_full"] for r in rows if r["attribute"] in ATTRIBUTE_ROWS)
+
+
+def noise_like(full, tiny, seed: int = 0):
+    """``full`` (N, 3, H, W) in [-1, 1] plus Gaussian noise, clipped to [-1, 1], whose mean squared
+    error against ``full`` equals that of ``tiny`` (so the same PSNR): the noise's scale is found by
+    bisection, since clipping at saturated pixels removes part of it. float32."""
+    import numpy as np
+
+    full = np.clip(np.asarray(full, np.float64), -1, 1)
+    target = float(np.mean((np.clip(tiny, -1, 1) - full) ** 2))
+    unit = np.random.default_rng(seed).standard_normal(full.shape)
+
+    def error(scale: float) -> float:
+        return float(np.mean((np.clip(full + scale * unit, -1, 1) - full) ** 2))
+
+    low, high = 0.0, 2.0 * np.sqrt(target) + 1e-12
+    while error(high) < target and high < 1e3:
+        high *= 2
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if error(mid) < target else (low, mid)
+    return np.clip(full + high * unit, -1, 1).astype(np.float32)
+
+
 def pairs_png(pairs: list, path: Path) -> None:
     import numpy as np
     from PIL import Image
@@ -137,7 +171,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator.load()
-    psnr, accuracy, pairs = [], [], []
+    from ane_diffusion.distill.decoder import psnr_db
+
+    psnr, accuracy, pairs, noise = [], [], [], []
     for steps in STUDENTS:
         pipe = load_pipeline(STUDENTS[steps])
         for split in SPLITS:
@@ -149,14 +185,20 @@ def main(argv=None) -> int:
             if split == "train":
                 psnr.append(psnr_row(pipe, steps, decoded))
                 pairs.append(np.stack([decoded["full"][:6], decoded["tiny"][:6]]))
-            for row in paired_accuracy(evaluator, decoded, per_image, groups):
+            rows = paired_accuracy(evaluator, decoded, per_image, groups)
+            for row in rows:
                 accuracy.append({"split": split, "steps": steps, "prompts": len(scenes), **row})
+            noisy = noise_like(decoded["full"], decoded["tiny"], seed=steps)
+            noise.append({"split": split, "steps": steps, "tiny_psnr_db": psnr_db(decoded["tiny"], decoded["full"]),
+                          "noise_psnr_db": psnr_db(noisy, decoded["full"]), "tiny_flips": flips(rows),
+                          "noise_flips": flips(paired_accuracy(evaluator, {"full": decoded["full"], "tiny": noisy},
+                                                               per_image, groups))})
             print(f"[decoder-quality] {steps} steps {split}: done", flush=True)
     pairs_png([p for ps in pairs for p in ps], args.out / "pairs.png")
     record = {"benchmark": "decoder quality (demo)", "date": rep.now(), "machine": rep.machine(),
               "versions": rep.versions(), "git_commit": rep.git_commit(ROOT),
               "settings": vars(args) | {"out": str(args.out), "w": W, "sampler": "ddim", "seed": 0},
-              "psnr": psnr, "accuracy_differences": accuracy,
+              "psnr": psnr, "accuracy_differences": accuracy, "noise_control": noise,
               "target_met": all(abs(d["difference_points"]) <= TARGET_POINTS for d in accuracy)}
     rep.write_json(args.out / "decoder-quality.json", record)
     rep.write_text(args.out / "decoder-quality.md", markdown(record))
@@ -196,7 +238,19 @@ def markdown(r: dict) -> str:
     lines += ["", f"Target (at most {TARGET_POINTS:g} point on every attribute): "
               f"**{'met' if r['target_met'] else 'NOT met'}**; largest difference "
               f"{worst['difference_points']:+.1f} points ({worst['split']}, {worst['steps']} steps, "
-              f"{worst['attribute']}).", "", "Raw numbers: `decoder-quality.json`.", ""]
+              f"{worst['attribute']}).", ""]
+    if r.get("noise_control"):
+        lines += ["## Control: unstructured error of the same size", "",
+                  "Flips: images whose verdict differs from the full decoder's, summed over the five "
+                  "attributes. Noise: the full decoder's images plus white noise with the tiny decoder's "
+                  "mean squared error (PSNR over the whole set).", "",
+                  "| split | student steps | tiny: PSNR (dB) | tiny: flips | noise: PSNR (dB) | noise: flips |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for c in r["noise_control"]:
+            lines.append(f"| {c['split']} | {c['steps']} | {c['tiny_psnr_db']:.2f} | {c['tiny_flips']} | "
+                         f"{c['noise_psnr_db']:.2f} | {c['noise_flips']} |")
+        lines.append("")
+    lines += ["Raw numbers: `decoder-quality.json`.", ""]
     return "\n".join(lines)
 
 

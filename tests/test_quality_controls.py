@@ -136,3 +136,30 @@ def test_paired_decoder_difference_sees_damage_and_nothing_else():
     rolled = {r["attribute"]: r for r in paired_accuracy(
         evaluator, {"full": real, "tiny": np.roll(real, 1, axis=1)}, per_image, groups)}
     assert rolled["colour"]["interval_points"][1] < 0 and rolled["colour"]["wrong_only_with_tiny"] > 8
+
+
+def test_noise_control_matches_the_decoders_error_size():
+    """decoder_quality.py's control: white noise with the tiny decoder's mean squared error (here a
+    blur stands in for the tiny decoder) has the same PSNR, clipping to [-1, 1] included; identical
+    images flip no verdict, colour-rolled ones do."""
+    import torch
+
+    from ane_diffusion.distill.decoder import psnr_db
+    from benchmarks.decoder_quality import flips, noise_like, paired_accuracy
+    from benchmarks.quality.evaluator import Evaluator
+    from benchmarks.quality.harness import choose_scenes, render_real
+
+    scenes = choose_scenes("train", 8, 0)
+    real = render_real(scenes, 2, 5).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1  # (16, 3, 32, 32)
+    blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(real), 3, 1, 1, count_include_pad=False).numpy()
+    noisy = noise_like(real, blurred, seed=0)
+    assert noisy.shape == real.shape and noisy.dtype == np.float32 and noisy.min() >= -1 and noisy.max() <= 1
+    assert abs(psnr_db(noisy, real) - psnr_db(blurred, real)) < 0.05  # the same error after clipping
+    assert not np.array_equal(noisy, noise_like(real, blurred, seed=1))
+    per_image = [s for s in scenes for _ in range(2)]
+    rows = paired_accuracy(Evaluator.load(), {"full": real, "tiny": real.copy()}, per_image, np.repeat(np.arange(8), 2))
+    assert flips(rows) == 0
+    damaged = paired_accuracy(Evaluator.load(), {"full": real, "tiny": np.roll(real, 1, axis=1)}, per_image,
+                              np.repeat(np.arange(8), 2))
+    assert flips(damaged) == sum(r["wrong_only_with_tiny"] + r["wrong_only_with_full"] for r in damaged
+                                 if r["attribute"] != "all_attributes") > 0
