@@ -22,8 +22,9 @@ w = 3, DDIM) once; its final latents are decoded by the full decoder and by the 
    whether the tiny decoder's flipped verdicts come from the size of its error or from its kind
    (blurred edges and corners): equal-size unstructured noise flips far fewer.
 
-Writes ``OUT/decoder-quality.{json,md}`` and ``OUT/pairs.png`` (full above tiny, a few prompts per
-student).
+Writes ``OUT/decoder-quality.{json,md}``, ``OUT/pairs.png`` (full above tiny, a few prompts per
+student) and ``OUT/flips.png`` (full above tiny, the first images whose verdicts differ: one strip
+per student and split).
 """
 
 from __future__ import annotations
@@ -117,6 +118,19 @@ def flips(rows: list[dict]) -> int:
     return sum(r["wrong_only_with_tiny"] + r["wrong_only_with_full"] for r in rows if r["attribute"] in ATTRIBUTE_ROWS)
 
 
+def flipped(evaluator, decoded: dict, per_image: list):
+    """(N,) bool: images whose verdict on any of the five attributes differs between the decoders."""
+    import numpy as np
+
+    from ane_diffusion.pipeline import to_pil
+    from benchmarks.quality.harness import to_array
+    from benchmarks.quality.stats import correctness
+
+    correct = [correctness(evaluator.analyse(to_array(to_pil(decoded[k])))[0], per_image, evaluator.config.classes)
+               for k in ("full", "tiny")]
+    return np.logical_or.reduce([correct[0][a] != correct[1][a] for a in ATTRIBUTE_ROWS])
+
+
 def noise_like(full, tiny, seed: int = 0):
     """``full`` (N, 3, H, W) in [-1, 1] plus Gaussian noise, clipped to [-1, 1], whose mean squared
     error against ``full`` equals that of ``tiny`` (so the same PSNR): the noise's scale is found by
@@ -151,6 +165,29 @@ def pairs_png(pairs: list, path: Path) -> None:
     Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.Resampling.NEAREST).save(path)
 
 
+FLIPS_SHOWN = 8
+
+
+def flips_png(strips: list, path: Path) -> None:
+    """One strip per (student, split), each (2, n <= FLIPS_SHOWN, 3, H, W): full above tiny, padded
+    with white to FLIPS_SHOWN images and separated by a white line."""
+    import numpy as np
+    from PIL import Image
+
+    from ane_diffusion.pipeline import to_pil
+
+    rows = []
+    for strip in strips:
+        size = strip.shape[-1]
+        canvas = np.full((2 * size + 4, FLIPS_SHOWN * size, 3), 255, np.uint8)
+        for r in range(2):
+            for i, image in enumerate(to_pil(strip[r]) if strip.shape[1] else []):
+                canvas[r * size:(r + 1) * size, i * size:(i + 1) * size] = np.asarray(image)
+        rows.append(canvas)
+    grid = np.concatenate(rows, axis=0)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST).save(path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decoder-demo")
@@ -173,7 +210,7 @@ def main(argv=None) -> int:
     evaluator = Evaluator.load()
     from ane_diffusion.distill.decoder import psnr_db
 
-    psnr, accuracy, pairs, noise = [], [], [], []
+    psnr, accuracy, pairs, noise, flip_strips = [], [], [], [], []
     for steps in STUDENTS:
         pipe = load_pipeline(STUDENTS[steps])
         for split in SPLITS:
@@ -186,6 +223,8 @@ def main(argv=None) -> int:
                 psnr.append(psnr_row(pipe, steps, decoded))
                 pairs.append(np.stack([decoded["full"][:6], decoded["tiny"][:6]]))
             rows = paired_accuracy(evaluator, decoded, per_image, groups)
+            shown = np.flatnonzero(flipped(evaluator, decoded, per_image))[:FLIPS_SHOWN]
+            flip_strips.append(np.stack([decoded["full"][shown], decoded["tiny"][shown]]))
             for row in rows:
                 accuracy.append({"split": split, "steps": steps, "prompts": len(scenes), **row})
             noisy = noise_like(decoded["full"], decoded["tiny"], seed=steps)
@@ -195,6 +234,7 @@ def main(argv=None) -> int:
                                                                per_image, groups))})
             print(f"[decoder-quality] {steps} steps {split}: done", flush=True)
     pairs_png([p for ps in pairs for p in ps], args.out / "pairs.png")
+    flips_png(flip_strips, args.out / "flips.png")
     record = {"benchmark": "decoder quality (demo)", "date": rep.now(), "machine": rep.machine(),
               "versions": rep.versions(), "git_commit": rep.git_commit(ROOT),
               "settings": vars(args) | {"out": str(args.out), "w": W, "sampler": "ddim", "seed": 0},
@@ -250,7 +290,10 @@ def markdown(r: dict) -> str:
             lines.append(f"| {c['split']} | {c['steps']} | {c['tiny_psnr_db']:.2f} | {c['tiny_flips']} | "
                          f"{c['noise_psnr_db']:.2f} | {c['noise_flips']} |")
         lines.append("")
-    lines += ["Raw numbers: `decoder-quality.json`.", ""]
+    lines += ["Flipped images (`flips.png`): one strip per student (4, 2, 1 steps) and split (train, then "
+              "held-out), the full decoder's image above the tiny decoder's, the first (up to "
+              f"{FLIPS_SHOWN}) whose verdict on some attribute differs.", "",
+              "Raw numbers: `decoder-quality.json`.", ""]
     return "\n".join(lines)
 
 

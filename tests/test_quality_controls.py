@@ -145,7 +145,7 @@ def test_noise_control_matches_the_decoders_error_size():
     import torch
 
     from ane_diffusion.distill.decoder import psnr_db
-    from benchmarks.decoder_quality import flips, noise_like, paired_accuracy
+    from benchmarks.decoder_quality import flipped, flips, noise_like, paired_accuracy
     from benchmarks.quality.evaluator import Evaluator
     from benchmarks.quality.harness import choose_scenes, render_real
 
@@ -163,3 +163,20 @@ def test_noise_control_matches_the_decoders_error_size():
                               np.repeat(np.arange(8), 2))
     assert flips(damaged) == sum(r["wrong_only_with_tiny"] + r["wrong_only_with_full"] for r in damaged
                                  if r["attribute"] != "all_attributes") > 0
+    evaluator = Evaluator.load()
+    assert not flipped(evaluator, {"full": real, "tiny": real.copy()}, per_image).any()
+    changed = flipped(evaluator, {"full": real, "tiny": np.roll(real, 1, axis=1)}, per_image)
+    assert 0 < changed.sum() <= flips(damaged)  # an image may flip on several attributes
+
+
+def test_flips_png_draws_full_above_tiny(tmp_path):
+    from PIL import Image
+
+    from benchmarks.decoder_quality import FLIPS_SHOWN, flips_png
+
+    white, black = np.ones((1, 3, 32, 32), np.float32), -np.ones((1, 3, 32, 32), np.float32)
+    flips_png([np.stack([white, black]), np.zeros((2, 0, 3, 32, 32), np.float32)], tmp_path / "f.png")
+    grid = np.asarray(Image.open(tmp_path / "f.png"))
+    assert grid.shape == (3 * 2 * (2 * 32 + 4), 3 * FLIPS_SHOWN * 32, 3)
+    assert (grid[:96, :96] == 255).all() and (grid[96:192, :96] == 0).all()  # full (white) above tiny (black)
+    assert (grid[:, 96:] == 255).all()  # padding, and the empty second strip

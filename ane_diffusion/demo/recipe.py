@@ -74,7 +74,7 @@ class RecipeSettings:
     decoder_width: int = 0
     """Channels of the tiny autoencoder's levels; 0: :func:`ane_diffusion.decoders.tiny_config`'s rule
     (32 here). 64 at 4000 updates was more faithful (+2.3 dB) but still missed the 1-point target and
-    took 2.4x as long (benchmarks/results/decoder-demo/width-trials)."""
+    took 2.4x as long (benchmarks/results/decoder-demo/trials)."""
     threads: int = 1  # two processes with two threads each on two cores spin-wait: 10x slower
 
 
