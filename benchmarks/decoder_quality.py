@@ -277,7 +277,8 @@ def markdown(r: dict) -> str:
     worst = max(r["accuracy_differences"], key=lambda d: abs(d["difference_points"]))
     lines += ["", f"Target (at most {TARGET_POINTS:g} point on every attribute): "
               f"**{'met' if r['target_met'] else 'NOT met'}**; largest difference "
-              f"{worst['difference_points']:+.1f} points ({worst['split']}, {worst['steps']} steps, "
+              f"{worst['difference_points']:+.1f} points ({worst['split']}, {worst['steps']} "
+              f"step{'s' if worst['steps'] > 1 else ''}, "
               f"{worst['attribute']}).", ""]
     if r.get("noise_control"):
         lines += ["## Control: unstructured error of the same size", "",

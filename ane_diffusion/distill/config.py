@@ -89,8 +89,10 @@ class DistillConfig:
     """Weight of the VAE-encoder feature term (see :mod:`ane_diffusion.distill.decoder`)."""
     encoder_weight: float = 1.0
     """Weight of the tiny encoder's latent MSE."""
-    edge_weight: float = 0.0
-    """Weight of the decoder's edge (image-gradient MSE) term (see :mod:`ane_diffusion.distill.decoder`)."""
+    edge_weight: float = 16.0
+    """Weight of the decoder's edge (image-gradient MSE) term (see :mod:`ane_diffusion.distill.decoder`).
+    16: the best of 0, 1, 4, 8, 16 on the demo (benchmarks/results/decoder-demo/trials); not measured
+    on Stable-Diffusion-size VAEs."""
     samples_per_student: Optional[int] = None
     """Student samples per ``decoder_students`` model (default: one per training example)."""
     tiny_width: Optional[int] = None

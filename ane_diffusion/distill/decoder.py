@@ -129,7 +129,7 @@ class DecoderLoss:
     scaling_factor: float
     feature_weight: float = 1.0
     encoder_weight: float = 1.0
-    edge_weight: float = 0.0
+    edge_weight: float = 16.0
     cache_mb: float = TARGET_CACHE_MB
     """Targets of each latent are computed once and kept (they never change: the VAE is frozen) up
     to this many MB; the rest are recomputed every time."""
