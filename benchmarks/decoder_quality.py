@@ -86,17 +86,27 @@ def psnr_row(pipe, steps: int, decoded: dict) -> dict:
             "control_untrained_psnr_db": psnr_db(control, full)}
 
 
+def verdicts(evaluator, decoded: dict, per_image: list) -> dict:
+    """``{"full" / "tiny": {attribute or "all": (N,) bool}}``: is each decoder's image read as its prompt."""
+    from ane_diffusion.pipeline import to_pil
+    from benchmarks.quality.harness import to_array
+    from benchmarks.quality.stats import correctness
+
+    return {decoder: correctness(evaluator.analyse(to_array(to_pil(decoded[decoder])))[0], per_image,
+                                 evaluator.config.classes)
+            for decoder in ("full", "tiny")}
+
+
 def paired_accuracy(evaluator, decoded: dict, per_image: list, groups) -> list[dict]:
     """Per attribute (and all five): accuracy with each decoder, tiny - full in points with its 95%
     interval, and the images only one decoder gets wrong."""
-    from ane_diffusion.pipeline import to_pil
-    from benchmarks.quality.harness import to_array
-    from benchmarks.quality.stats import bootstrap_interval, correctness
+    return paired_rows(verdicts(evaluator, decoded, per_image), groups)
 
-    correct = {}
-    for decoder in ("full", "tiny"):
-        predictions, _ = evaluator.analyse(to_array(to_pil(decoded[decoder])))
-        correct[decoder] = correctness(predictions, per_image, evaluator.config.classes)
+
+def paired_rows(correct: dict, groups) -> list[dict]:
+    """:func:`paired_accuracy` from :func:`verdicts` already computed."""
+    from benchmarks.quality.stats import bootstrap_interval
+
     rows = []
     for attribute in correct["full"]:
         full, tiny = correct["full"][attribute], correct["tiny"][attribute]
@@ -118,17 +128,12 @@ def flips(rows: list[dict]) -> int:
     return sum(r["wrong_only_with_tiny"] + r["wrong_only_with_full"] for r in rows if r["attribute"] in ATTRIBUTE_ROWS)
 
 
-def flipped(evaluator, decoded: dict, per_image: list):
-    """(N,) bool: images whose verdict on any of the five attributes differs between the decoders."""
+def flipped(correct: dict):
+    """(N,) bool: images whose verdict on any of the five attributes differs between the decoders
+    (``correct``: :func:`verdicts`)."""
     import numpy as np
 
-    from ane_diffusion.pipeline import to_pil
-    from benchmarks.quality.harness import to_array
-    from benchmarks.quality.stats import correctness
-
-    correct = [correctness(evaluator.analyse(to_array(to_pil(decoded[k])))[0], per_image, evaluator.config.classes)
-               for k in ("full", "tiny")]
-    return np.logical_or.reduce([correct[0][a] != correct[1][a] for a in ATTRIBUTE_ROWS])
+    return np.logical_or.reduce([correct["full"][a] != correct["tiny"][a] for a in ATTRIBUTE_ROWS])
 
 
 def noise_like(full, tiny, seed: int = 0):
@@ -202,14 +207,13 @@ def main(argv=None) -> int:
 
     from ane_diffusion.api import load_pipeline
     from ane_diffusion.benchmarking import report as rep
+    from ane_diffusion.distill.decoder import psnr_db
     from benchmarks.quality.evaluator import Evaluator
     from benchmarks.quality.harness import SPLITS, choose_scenes
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator.load()
-    from ane_diffusion.distill.decoder import psnr_db
-
     psnr, accuracy, pairs, noise, flip_strips = [], [], [], [], []
     for steps in STUDENTS:
         pipe = load_pipeline(STUDENTS[steps])
@@ -222,8 +226,9 @@ def main(argv=None) -> int:
             if split == "train":
                 psnr.append(psnr_row(pipe, steps, decoded))
                 pairs.append(np.stack([decoded["full"][:6], decoded["tiny"][:6]]))
-            rows = paired_accuracy(evaluator, decoded, per_image, groups)
-            shown = np.flatnonzero(flipped(evaluator, decoded, per_image))[:FLIPS_SHOWN]
+            correct = verdicts(evaluator, decoded, per_image)
+            rows = paired_rows(correct, groups)
+            shown = np.flatnonzero(flipped(correct))[:FLIPS_SHOWN]
             flip_strips.append(np.stack([decoded["full"][shown], decoded["tiny"][shown]]))
             for row in rows:
                 accuracy.append({"split": split, "steps": steps, "prompts": len(scenes), **row})

@@ -145,7 +145,7 @@ def test_noise_control_matches_the_decoders_error_size():
     import torch
 
     from ane_diffusion.distill.decoder import psnr_db
-    from benchmarks.decoder_quality import flipped, flips, noise_like, paired_accuracy
+    from benchmarks.decoder_quality import flipped, flips, noise_like, paired_accuracy, verdicts
     from benchmarks.quality.evaluator import Evaluator
     from benchmarks.quality.harness import choose_scenes, render_real
 
@@ -164,8 +164,8 @@ def test_noise_control_matches_the_decoders_error_size():
     assert flips(damaged) == sum(r["wrong_only_with_tiny"] + r["wrong_only_with_full"] for r in damaged
                                  if r["attribute"] != "all_attributes") > 0
     evaluator = Evaluator.load()
-    assert not flipped(evaluator, {"full": real, "tiny": real.copy()}, per_image).any()
-    changed = flipped(evaluator, {"full": real, "tiny": np.roll(real, 1, axis=1)}, per_image)
+    assert not flipped(verdicts(evaluator, {"full": real, "tiny": real.copy()}, per_image)).any()
+    changed = flipped(verdicts(evaluator, {"full": real, "tiny": np.roll(real, 1, axis=1)}, per_image))
     assert 0 < changed.sum() <= flips(damaged)  # an image may flip on several attributes
 
 

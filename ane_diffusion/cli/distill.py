@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..distill.config import DEFAULT_GUIDANCE_LR_SCALE, DEFAULT_W_RANGE, MIXED_PRECISION
+from ..distill.config import DEFAULT_EDGE_WEIGHT, DEFAULT_GUIDANCE_LR_SCALE, DEFAULT_W_RANGE, MIXED_PRECISION
 from ..guidance import STUDENT_W_SCALE
 from ..schedule import PREDICTION_TYPES
 
@@ -103,9 +103,9 @@ def register(subparsers) -> None:
                    help="samples of each --students model (default: one per training example)")
     d.add_argument("--feature-weight", type=float, default=1.0, help="VAE-encoder feature (perceptual) loss weight")
     d.add_argument("--encoder-weight", type=float, default=1.0, help="tiny encoder latent-MSE weight")
-    d.add_argument("--edge-weight", type=float, default=16.0,
-                   help="weight of the edge term (MSE of image gradients): sharper edges and corners "
-                        "(default 16, the demo's best; 0 turns it off)")
+    d.add_argument("--edge-weight", type=float, default=DEFAULT_EDGE_WEIGHT,
+                   help=f"weight of the edge term (MSE of image gradients): sharper edges and corners "
+                        f"(default {DEFAULT_EDGE_WEIGHT:g}, the demo's best; 0 turns it off)")
     d.add_argument("--width", type=int, default=None, dest="tiny_width",
                    help="channels of every level of the tiny autoencoder (default: 64 for a VAE as wide as Stable "
                         "Diffusion's, else half the VAE's widest level)")

@@ -20,6 +20,9 @@ DEFAULT_W_RANGE = (1.0, 13.0)
 """Stage-1 default ``[w_min, w_max]``: Stable Diffusion's common guidance scales 2 to 14."""
 
 DEFAULT_GUIDANCE_LR_SCALE = 100.0
+DEFAULT_EDGE_WEIGHT = 16.0
+"""The tiny decoder's edge-term weight: the best of 0, 1, 4, 8, 16 on the demo
+(benchmarks/results/decoder-demo/trials); not measured on Stable-Diffusion-size VAEs."""
 """Stage-1 default learning-rate multiplier of the zero-initialised guidance input (measured on the
 demo teacher: see docs/training.md, "Guidance fidelity")."""
 
@@ -89,10 +92,8 @@ class DistillConfig:
     """Weight of the VAE-encoder feature term (see :mod:`ane_diffusion.distill.decoder`)."""
     encoder_weight: float = 1.0
     """Weight of the tiny encoder's latent MSE."""
-    edge_weight: float = 16.0
-    """Weight of the decoder's edge (image-gradient MSE) term (see :mod:`ane_diffusion.distill.decoder`).
-    16: the best of 0, 1, 4, 8, 16 on the demo (benchmarks/results/decoder-demo/trials); not measured
-    on Stable-Diffusion-size VAEs."""
+    edge_weight: float = DEFAULT_EDGE_WEIGHT
+    """Weight of the decoder's edge (image-gradient MSE) term (see :mod:`ane_diffusion.distill.decoder`)."""
     samples_per_student: Optional[int] = None
     """Student samples per ``decoder_students`` model (default: one per training example)."""
     tiny_width: Optional[int] = None

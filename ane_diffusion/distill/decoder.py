@@ -57,7 +57,7 @@ import numpy as np
 
 from ..bundle import resolve_bundle
 from ..decoders import TINY, build_tiny, tiny_config, tiny_decoder, tiny_encoder
-from .config import DistillConfig
+from .config import DEFAULT_EDGE_WEIGHT, DistillConfig
 from .engine import Engine, MicroBatch
 from .models import lineage_entry
 
@@ -129,7 +129,7 @@ class DecoderLoss:
     scaling_factor: float
     feature_weight: float = 1.0
     encoder_weight: float = 1.0
-    edge_weight: float = 16.0
+    edge_weight: float = DEFAULT_EDGE_WEIGHT
     cache_mb: float = TARGET_CACHE_MB
     """Targets of each latent are computed once and kept (they never change: the VAE is frozen) up
     to this many MB; the rest are recomputed every time."""
