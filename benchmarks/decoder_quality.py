@@ -12,6 +12,8 @@ w = 3, DDIM) once; its final latents are decoded by the full decoder and by the 
 1. PSNR (dB, images in [0, 1]) of the tiny decoder's image against the full decoder's, train split.
    A control row decodes the same latents with the tiny decoder *before* training (random weights):
    the metric must rank it far below.
+   A sweep repeats the PSNR at each w the students take (0, 1, 3, 6) on the first prompts of
+   each split: the decoder must hold across the guidance weight, not only at w = 3.
 2. Per-attribute accuracy read by the harness's evaluator from each decoder's images, and the paired
    difference tiny - full with its 95% bootstrap interval (prompts resampled, the same draw for both
    decoders: :func:`benchmarks.quality.stats.bootstrap_interval` on the per-image difference), plus
@@ -41,7 +43,7 @@ W = 3.0
 TARGET_POINTS = 1.0
 
 
-def sample_and_decode(pipe, prompts: list[str], steps: int, seeds: int) -> dict:
+def sample_and_decode(pipe, prompts: list[str], steps: int, seeds: int, w: float = W) -> dict:
     """Sample once, decode the same latents with both decoders: ``{"z": (N, 4, h, w) latents /
     scaling factor, "full" / "tiny": (N, 3, H, W) images in [-1, 1]}``, prompt-major (the
     pipeline's order)."""
@@ -60,7 +62,7 @@ def sample_and_decode(pipe, prompts: list[str], steps: int, seeds: int) -> dict:
 
     backend.decode = capture
     try:
-        pipe.text_to_image(prompts, Settings(steps=steps, w=W, sampler="ddim", seed=0, num_images=seeds,
+        pipe.text_to_image(prompts, Settings(steps=steps, w=w, sampler="ddim", seed=0, num_images=seeds,
                                              decoder="full"))
     finally:
         backend.decode = original
@@ -84,6 +86,25 @@ def psnr_row(pipe, steps: int, decoded: dict) -> dict:
     return {"steps": steps, "model": STUDENTS[steps], "images": int(len(full)), "psnr_db_mean": float(per.mean()),
             "psnr_db_p5": float(np.percentile(per, 5)), "psnr_db_min": float(per.min()),
             "control_untrained_psnr_db": psnr_db(control, full)}
+
+
+SWEEP_W = (0.0, 1.0, 3.0, 6.0)
+"""The students' guidance weights the PSNR sweep covers (their cards' range is [0, 6])."""
+
+
+def w_sweep_row(pipe, prompts: list[str], steps: int, split: str) -> dict:
+    """PSNR of tiny against full at each of :data:`SWEEP_W`, one seed per prompt: ``{"split",
+    "steps", "images", "psnr_db": {w: mean}, "psnr_db_p5": {w: 5th percentile}}``."""
+    import numpy as np
+
+    from ane_diffusion.distill.decoder import psnr_db
+
+    means, p5 = {}, {}
+    for w in SWEEP_W:
+        decoded = sample_and_decode(pipe, prompts, steps, 1, w)
+        per = np.array([psnr_db(decoded["tiny"][i], decoded["full"][i]) for i in range(len(prompts))])
+        means[str(w)], p5[str(w)] = float(per.mean()), float(np.percentile(per, 5))
+    return {"split": split, "steps": steps, "images": len(prompts), "psnr_db": means, "psnr_db_p5": p5}
 
 
 def verdicts(evaluator, decoded: dict, per_image: list) -> dict:
@@ -198,6 +219,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decoder-demo")
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument("--sweep-prompts", type=int, default=32,
+                        help="prompts (one seed each) per split and student for the PSNR sweep over w")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if str(ROOT) not in sys.path:
@@ -214,7 +237,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator.load()
-    psnr, accuracy, pairs, noise, flip_strips = [], [], [], [], []
+    psnr, accuracy, pairs, noise, flip_strips, sweep = [], [], [], [], [], []
     for steps in STUDENTS:
         pipe = load_pipeline(STUDENTS[steps])
         for split in SPLITS:
@@ -237,13 +260,14 @@ def main(argv=None) -> int:
                           "noise_psnr_db": psnr_db(noisy, decoded["full"]), "tiny_flips": flips(rows),
                           "noise_flips": flips(paired_accuracy(evaluator, {"full": decoded["full"], "tiny": noisy},
                                                                per_image, groups))})
+            sweep.append(w_sweep_row(pipe, prompts[:args.sweep_prompts], steps, split))
             print(f"[decoder-quality] {steps} steps {split}: done", flush=True)
     pairs_png([p for ps in pairs for p in ps], args.out / "pairs.png")
     flips_png(flip_strips, args.out / "flips.png")
     record = {"benchmark": "decoder quality (demo)", "date": rep.now(), "machine": rep.machine(),
               "versions": rep.versions(), "git_commit": rep.git_commit(ROOT),
               "settings": vars(args) | {"out": str(args.out), "w": W, "sampler": "ddim", "seed": 0},
-              "psnr": psnr, "accuracy_differences": accuracy, "noise_control": noise,
+              "psnr": psnr, "accuracy_differences": accuracy, "noise_control": noise, "w_sweep": sweep,
               "target_met": all(abs(d["difference_points"]) <= TARGET_POINTS for d in accuracy)}
     rep.write_json(args.out / "decoder-quality.json", record)
     rep.write_text(args.out / "decoder-quality.md", markdown(record))
@@ -295,6 +319,17 @@ def markdown(r: dict) -> str:
         for c in r["noise_control"]:
             lines.append(f"| {c['split']} | {c['steps']} | {c['tiny_psnr_db']:.2f} | {c['tiny_flips']} | "
                          f"{c['noise_psnr_db']:.2f} | {c['noise_flips']} |")
+        lines.append("")
+    if r.get("w_sweep"):
+        ws = list(r["w_sweep"][0]["psnr_db"])
+        lines += ["## PSNR across the guidance weight", "",
+                  f"Tiny against full on the same latents, the first {r['w_sweep'][0]['images']} prompts of each "
+                  "split, one seed each, at each w the students take: mean dB (5th percentile).", "",
+                  "| split | student steps | " + " | ".join(f"w = {float(w):g}" for w in ws) + " |",
+                  "|---|---:|" + "---:|" * len(ws)]
+        for row in r["w_sweep"]:
+            lines.append(f"| {row['split']} | {row['steps']} | " + " | ".join(
+                f"{row['psnr_db'][w]:.2f} ({row['psnr_db_p5'][w]:.2f})" for w in ws) + " |")
         lines.append("")
     lines += ["Flipped images (`flips.png`): one strip per student (4, 2, 1 steps) and split (train, then "
               "held-out), the full decoder's image above the tiny decoder's, the first (up to "

@@ -234,3 +234,57 @@ def test_edge_term_measures_sharpness_and_weights_the_loss(trained, tmp_path):
                    tmp_path / "cli", "--edge-weight", "-1", cwd=tmp_path)
     assert proc.returncode == 2 and "--edge-weight must be >= 0" in proc.stderr
     assert not (tmp_path / "cli" / "bundle").exists()
+
+
+def test_student_w_samples_the_students_across_guidance_weights(trained, tmp_path):
+    from ane_diffusion.distill.data import sample_latents
+    from ane_diffusion.distill.decoder import student_latents
+
+    root, cfg, _ = trained
+    bundle = resolve_bundle(cfg.model)
+    modules = load_components(bundle)
+    data = Engine(config(root, tmp_path / "data"), "decoder").training_set(bundle, modules)
+    shape = (bundle.latent_channels, bundle.default_size // bundle.vae_scale_factor,
+             bundle.default_size // bundle.vae_scale_factor)
+    conds = data.embeddings[data.caption_index][:5]
+    default = student_latents([cfg.model], data, 0, "cpu", count=5)
+    torch.testing.assert_close(student_latents([cfg.model], data, 0, "cpu", count=5,
+                                               weights=[bundle.card.default_w]), default)
+    spread = student_latents([cfg.model], data, 0, "cpu", count=5, weights=[0.0, 6.0])
+    assert spread.shape == default.shape
+    at0 = sample_latents(bundle, modules, conds[0::2], data.uncond, 0.0, 4, 0, shape, "cpu").float()
+    at6 = sample_latents(bundle, modules, conds[1::2], data.uncond, 6.0, 4, 104729, shape, "cpu").float()
+    torch.testing.assert_close(spread[0::2], at0)  # captions 0, 2, 4 at w = 0; 1, 3 at w = 6
+    torch.testing.assert_close(spread[1::2], at6)
+    same_noise_w6 = sample_latents(bundle, modules, conds[0::2], data.uncond, 6.0, 4, 0, shape, "cpu").float()
+    assert (same_noise_w6 - at0).abs().max() > 1e-3  # the weight reaches the student
+    with pytest.raises(ValueError, match="--student-w must list finite weights >= 0"):
+        config(root, tmp_path / "bad", student_w=[3.0, -1.0]).check("decoder")
+    path = distill_decoder(config(root, tmp_path / "run", updates=2, student_w=[0.0, 6.0]))
+    card = json.loads((path / "vae_tiny" / DECODER_CARD).read_text())
+    assert card["training"]["settings"]["student_w"] == [0.0, 6.0]
+    proc = run_cli("distill", "decoder", "--model", root / "student", "--data", root / "images", "--output",
+                   tmp_path / "cli", "--student-w", "nan", cwd=tmp_path)
+    assert proc.returncode == 2 and "--student-w must list finite weights" in proc.stderr
+    assert not (tmp_path / "cli" / "bundle").exists()
+
+
+def test_decoder_quality_sweeps_psnr_across_w(trained):
+    """benchmarks/decoder_quality.py's w sweep: one PSNR per w the students take, from latents that
+    really change with w, and a markdown table that shows them."""
+    from ane_diffusion.api import load_pipeline
+    from benchmarks.decoder_quality import SWEEP_W, markdown, w_sweep_row
+
+    _, _, path = trained
+    pipe = load_pipeline(str(path))
+    row = w_sweep_row(pipe, list(TINY_CORPUS[:3]), 4, "train")
+    assert list(row["psnr_db"]) == [str(w) for w in SWEEP_W] and row["images"] == 3
+    values = np.array(list(row["psnr_db"].values()))
+    assert np.all(np.isfinite(values)) and np.ptp(values) > 0  # different latents at each w
+    assert all(row["psnr_db_p5"][w] <= row["psnr_db"][w] + 1e-9 for w in row["psnr_db"])
+    text = markdown({"settings": {"threads": 1, "w": 3.0, "images_per_prompt": 1}, "date": "d",
+                     "machine": {"cpu": "c", "cores": 2}, "psnr": [], "accuracy_differences": [
+                         {"split": "train", "steps": 4, "attribute": "shape", "full": 1.0, "tiny": 1.0,
+                          "difference_points": 0.0, "interval_points": [0.0, 0.0], "wrong_only_with_tiny": 0,
+                          "wrong_only_with_full": 0}], "target_met": True, "w_sweep": [row]})
+    assert "| w = 0 | w = 1 | w = 3 | w = 6 |" in text and f"{row['psnr_db']['6.0']:.2f}" in text

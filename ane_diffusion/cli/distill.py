@@ -99,6 +99,9 @@ def register(subparsers) -> None:
     d.add_argument("--model", required=True, help="the bundle whose VAE is distilled (e.g. the 4-step student)")
     d.add_argument("--students", nargs="*", default=None, metavar="BUNDLE",
                    help="bundles whose own samples are trained on too (default: --model; none: --students)")
+    d.add_argument("--student-w", type=float, nargs="+", default=None, metavar="W",
+                   help="guidance weights the students sample at, in turn over the captions (default: each "
+                        "student's card default_w)")
     d.add_argument("--samples-per-student", type=int, default=None,
                    help="samples of each --students model (default: one per training example)")
     d.add_argument("--feature-weight", type=float, default=1.0, help="VAE-encoder feature (perceptual) loss weight")
@@ -118,7 +121,7 @@ def config_from_args(args):
 
     if args.stage == "decoder":
         stage_fields = {"model": args.model, "decoder_students": args.students,
-                        "samples_per_student": args.samples_per_student,
+                        "student_w": args.student_w, "samples_per_student": args.samples_per_student,
                         "feature_weight": args.feature_weight, "encoder_weight": args.encoder_weight,
                         "edge_weight": args.edge_weight, "tiny_width": args.tiny_width}
     else:

@@ -69,6 +69,9 @@ class RecipeSettings:
     decoder_batch: int = 16
     decoder_lr: float = 1e-3
     decoder_samples_per_student: int = 400
+    decoder_student_w: str = ""
+    """Comma-separated guidance weights the students sample at for the decoder's training latents
+    (``distill decoder --student-w``); empty: each student's default w."""
     decoder_edge_weight: float = 16.0
     """Weight of the tiny decoder's edge term (``distill decoder --edge-weight``). Against 0 (the
     earlier setting) at the same 4000 updates: 36.4-36.7 dB instead of 34.0-34.1 against the full
@@ -246,7 +249,9 @@ class Recipe:
             self.distill_config(model, run, s.decoder_updates), data=str(images), batch_size=s.decoder_batch,
             lr=s.decoder_lr,
             warmup=min(100, s.decoder_updates // 10), ema_decay=None, decoder_students=students,
-            samples_per_student=s.decoder_samples_per_student, tiny_width=s.decoder_width or None,
+            samples_per_student=s.decoder_samples_per_student,
+            student_w=[float(w) for w in s.decoder_student_w.split(",")] if s.decoder_student_w else None,
+            tiny_width=s.decoder_width or None,
             edge_weight=s.decoder_edge_weight)
         bundle = distill_decoder(cfg)
         card = json.loads((bundle / "vae_tiny" / "decoder_card.json").read_text())

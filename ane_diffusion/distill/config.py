@@ -33,7 +33,7 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim",
                              "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting"),
                 "progressive": ("start_steps", "target_steps"),
-                "decoder": ("decoder_students", "feature_weight", "encoder_weight", "edge_weight",
+                "decoder": ("decoder_students", "student_w", "feature_weight", "encoder_weight", "edge_weight",
                             "samples_per_student", "tiny_width")}
 """Fields only one stage reads (left out of the other stage's card)."""
 
@@ -88,6 +88,10 @@ class DistillConfig:
     # stage 3 (tiny decoder) only
     decoder_students: Optional[list] = None
     """Bundles whose samples the tiny decoder also trains on (default: ``model``; [] for none)."""
+    student_w: Optional[list] = None
+    """Guidance weights the students sample at, taken in turn over the captions (caption i at
+    ``student_w[i % len]``; default: each student's card ``default_w``). The decoder then sees the
+    latents of the whole w range users sample, not only the default's."""
     feature_weight: float = 1.0
     """Weight of the VAE-encoder feature term (see :mod:`ane_diffusion.distill.decoder`)."""
     encoder_weight: float = 1.0
@@ -186,6 +190,9 @@ class DistillConfig:
         elif stage == "decoder":
             if self.samples_per_student is not None and self.samples_per_student < 1:
                 raise ValueError(f"--samples-per-student must be >= 1, got {self.samples_per_student}")
+            if self.student_w is not None and (not self.student_w or any(not math.isfinite(w) or w < 0
+                                                                          for w in self.student_w)):
+                raise ValueError(f"--student-w must list finite weights >= 0, got {self.student_w}")
             if self.tiny_width is not None and self.tiny_width < 1:
                 raise ValueError(f"--width must be >= 1 channel, got {self.tiny_width}")
             for name in ("feature_weight", "encoder_weight", "edge_weight"):

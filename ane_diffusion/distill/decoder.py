@@ -10,9 +10,10 @@ Training latents (B, 4, h, w), in the diffusion space (scaled by the VAE's ``sca
 * data latents: the trainers' usual training set (``--data`` images encoded by the VAE, or
   ``--prompts`` samples), :func:`ane_diffusion.distill.data.load_training_set`;
 * student latents: what the students actually hand the decoder at run time -- each model of
-  ``students`` (default: ``--model`` itself) sampled at its card's steps and w on the training
-  captions. They are slightly off the data manifold (few-step samples), which is exactly where a
-  decoder trained only on data latents would be untested.
+  ``students`` (default: ``--model`` itself) sampled at its card's steps on the training captions,
+  at the card's default w or in turn at each of ``student_w`` (so that the w range users sample is
+  covered). They are slightly off the data manifold (few-step samples), which is
+  exactly where a decoder trained only on data latents would be untested.
 
 Targets come from the frozen full VAE: ``x = vae.decode(z)`` for the decoder and
 ``vae.encode(x).mean`` for the encoder. The loss (:class:`DecoderLoss`) per micro-batch::
@@ -184,9 +185,11 @@ class DecoderLoss:
                 + self.encoder_weight * t["encoder"])
 
 
-def student_latents(students: list, data, seed: int, device, count: Optional[int] = None) -> "object":
+def student_latents(students: list, data, seed: int, device, count: Optional[int] = None,
+                    weights: Optional[list] = None) -> "object":
     """Each student bundle's own samples (M, C, h, w) on the training captions, at its card's
-    steps and default w, as ``generate`` makes them (:func:`ane_diffusion.distill.data.sample_latents`)."""
+    steps, as ``generate`` makes them (:func:`ane_diffusion.distill.data.sample_latents`): caption i
+    at guidance weight ``weights[i % len(weights)]`` (default: the card's ``default_w``)."""
     import torch
 
     from ..torch_models import load_components
@@ -202,8 +205,14 @@ def student_latents(students: list, data, seed: int, device, count: Optional[int
         steps = bundle.card.steps or bundle.card.recommended_steps
         f = bundle.vae_scale_factor
         shape = (bundle.latent_channels, bundle.default_size // f, bundle.default_size // f)
-        rows.append(sample_latents(bundle, components, conds, data.uncond, bundle.card.default_w, steps,
-                                   seed + 7919 * i, shape, device).float())
+        ws = list(weights) if weights else [bundle.card.default_w]
+        latents = torch.empty((conds.shape[0], *shape))
+        for k, w in enumerate(ws):
+            at = torch.arange(k, conds.shape[0], len(ws))
+            if len(at):
+                latents[at] = sample_latents(bundle, components, conds[at], data.uncond, float(w), steps,
+                                             seed + 7919 * i + 104729 * k, shape, device).float().cpu()
+        rows.append(latents)
     return torch.cat(rows) if rows else None
 
 
@@ -299,7 +308,7 @@ def distill_decoder(cfg: DistillConfig) -> Path:
     engine = Engine(cfg, LABEL)
     components = load_components(bundle, device=engine.device)
     data = engine.training_set(bundle, components)
-    samples = (student_latents(students, data, cfg.seed, engine.device, cfg.samples_per_student)
+    samples = (student_latents(students, data, cfg.seed, engine.device, cfg.samples_per_student, cfg.student_w)
                if students else None)
     train = with_student_latents(data, samples, len(students))
     vae = components.vae.eval().requires_grad_(False)
