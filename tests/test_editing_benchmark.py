@@ -199,6 +199,8 @@ def test_quick_mode_end_to_end(tiny_teacher, tiny_student, students, tmp_path):
         extra = 3 if task == "inpaint" else 2  # source, [mask,] real target
         assert grid.height == (len(settings) + extra) * (GRID_CELL + GRID_GAP)
     assert "psnr_note" in record["tables"]["inpaint"]
+    assert record["settings"]["decoder"].startswith("each model's default")  # the tiny bundles have no tiny VAE
+    assert all(row["decoder"] == "full" for table in record["tables"].values() for row in table["rows"][2:])
     assert sum(line.startswith(("| inpaint |", "| edit |")) for line in markdown.splitlines()) == 12
 
 
@@ -211,4 +213,14 @@ def test_missing_embedded_model_fails_in_one_line(monkeypatch, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: the embedded model 'demo-8step' is not installed")
+    assert not (tmp_path / "out").exists()
+
+
+def test_decoder_the_models_lack_fails_in_one_line(tiny_student, tmp_path, capsys):
+    from benchmarks.editing.harness import main
+
+    status = main(["--models", str(tiny_student), "--teacher", "none", "--tasks", "edit", "--quick",
+                   "--decoder", "tiny", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and "tiny" in err
     assert not (tmp_path / "out").exists()

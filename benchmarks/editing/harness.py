@@ -146,6 +146,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="sampler of every row (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="case choice and first noise seed")
     parser.add_argument("--backend", default="torch")
+    parser.add_argument("--decoder", choices=("tiny", "full"), help="VAE encoder/decoder of every row (default: "
+                        "each model's own default, the tiny one when it has one)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--evaluator", type=Path, default=DEFAULT_DIR, help="attribute evaluator folder")
     parser.add_argument("--trust-images", type=int, help="fresh real images per split for the evaluator's "
@@ -304,8 +306,8 @@ def case_inputs(cases: Sequence[EditCase], renders: list, masks32: list, size: i
 class Runner:
     """Loads each model once (plus one untimed warm-up edit), then runs settings over every case."""
 
-    def __init__(self, backend: str, w: float, sampler: str, seed: int):
-        self.backend, self.w, self.sampler, self.seed = backend, w, sampler, seed
+    def __init__(self, backend: str, w: float, sampler: str, seed: int, decoder: str | None = None):
+        self.backend, self.w, self.sampler, self.seed, self.decoder = backend, w, sampler, seed, decoder
         self._editors: dict[str, object] = {}
 
     def editor(self, ref: str, warm_prompt: str):
@@ -321,7 +323,7 @@ class Runner:
                 warnings.simplefilter("ignore")
                 editor.image_to_image(Image.new("RGB", (size, size), (120, 120, 120)), warm_prompt,
                                       EditSettings(steps=1, w=self.w, sampler=self.sampler, seed=self.seed,
-                                                   strength=1.0))
+                                                   strength=1.0, decoder=self.decoder))
             self._editors[ref] = editor
         return self._editors[ref]
 
@@ -331,11 +333,11 @@ class Runner:
 
         editor = self.editor(spec.ref, cases[0].target_caption)
         inputs = inputs_for(editor.bundle.default_size)
-        images, seconds, unet, evaluations, caught = [], 0.0, 0.0, 0, []
+        images, seconds, unet, evaluations, caught, decoders = [], 0.0, 0.0, 0, [], set()
         guided = not editor.pipe.card.is_student and self.w != 0
         for case, source, mask in zip(cases, inputs.sources, inputs.masks):
             settings = EditSettings(steps=spec.grid_steps, w=self.w, sampler=self.sampler,
-                                    seed=self.seed + case.index, strength=spec.strength)
+                                    seed=self.seed + case.index, strength=spec.strength, decoder=self.decoder)
             with warnings.catch_warnings(record=True) as record:
                 warnings.simplefilter("always")
                 start = time.perf_counter()
@@ -349,13 +351,14 @@ class Runner:
             if ran != spec.steps_run:
                 raise RuntimeError(f"{spec.label}: planned {spec.steps_run} steps but {ran} ran")
             images.append(result.images[0])
+            decoders.add(result.metadata[0]["decoder"])
             unet += result.timings.unet
             evaluations += result.timings.unet_calls * (2 if guided else 1)
         for message in dict.fromkeys(caught):
             spec.notes.append(f"warning: {message}")
         count = len(cases)
         per_image = evaluations / count
-        return images, {"kind": editor.pipe.card.kind,
+        return images, {"kind": editor.pipe.card.kind, "decoder": "/".join(sorted(decoders)),
                         "evaluations_per_image": int(per_image) if per_image == int(per_image) else per_image,
                         "seconds_per_image": seconds / count, "unet_seconds_per_image": unet / count,
                         "images": count, "resolution": editor.bundle.default_size}, inputs
@@ -478,7 +481,8 @@ def markdown_report(record: dict, specs: list[RowSpec]) -> str:
         lines += [f"**UNTRUSTED METRIC: the attribute evaluator reads real images below {ev['threshold']:.0%} "
                   "on some attribute; the rates below cannot be relied on.**", ""]
     lines += [f"{record['date']} on {record['machine']['platform']} ({s['backend']} backend, {s['threads']} "
-              f"thread(s), load average {record['load_average']}); w = {s['w']}, {s['sampler']}, "
+              f"thread(s), load average {record['load_average']}); decoder: {s.get('decoder', 'full')}; "
+              f"w = {s['w']}, {s['sampler']}, "
               f"{s['num_scenes']} train-split scenes rendered at 32x32 without jitter, one edit each "
               f"({s['edited_attributes']['colour']} colour, {s['edited_attributes']['shape']} shape)"
               f"{' (quick mode)' if s['quick'] else ''}.", "",
@@ -565,13 +569,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not refs:
             raise PlanError("no model to run: give --models, --inpaint-models or --teacher")
         bundles = resolve_models(refs)
+        if args.decoder:  # before any row runs: every model must have the decoder asked for
+            from ane_diffusion.decoders import resolve_decoder
+
+            for bundle in bundles.values():
+                resolve_decoder(bundle, args.decoder)
         w = default_w(args, bundles)
         specs, skipped = plan_rows(args, bundles)
         specs, unrunnable = check_rows(specs, bundles, w, args.teacher)
         skipped += unrunnable
         if not specs:
             raise PlanError("no setting can run: " + "; ".join(skipped))
-    except PlanError as exc:
+    except ValueError as exc:  # PlanError, DecoderChoiceError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for note in skipped:
@@ -600,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source_read = readings(evaluator.predict(to_array(renders)), classes)
     target_read = readings(evaluator.predict(to_array(targets)), classes)
     columns = min(GRID_COLUMNS, len(cases))
-    runner = Runner(args.backend, w, args.sampler, args.seed)
+    runner = Runner(args.backend, w, args.sampler, args.seed, args.decoder)
     tables, grids = {}, {}
     for task in [t for t in TASKS if t in args.tasks]:
         table = [reference_row("source (no edit)", source_read, cases, task, "evaluator on the source renders"),
@@ -649,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "edited_attributes": {a: sum(c.attribute == a for c in cases) for a in EDITABLE},
                      "model_resolutions": {model_label(ref): b.default_size for ref, b in bundles.items()},
                      "backend": args.backend, "threads": args.threads, "quick": args.quick,
+                     "decoder": args.decoder or "each model's default (tiny when it has one)",
                      "evaluator": str(args.evaluator),
                      "plan": [{"task": r.task, "setting": r.label, "model": r.model, "ref": r.ref,
                                "grid_steps": r.grid_steps, "strength": r.strength, "steps_run": r.steps_run}
