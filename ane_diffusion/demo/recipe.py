@@ -69,6 +69,8 @@ class RecipeSettings:
     decoder_batch: int = 16
     decoder_lr: float = 1e-3
     decoder_samples_per_student: int = 400
+    decoder_feature_weight: float = 1.0
+    """Weight of the tiny decoder's VAE-feature term (``distill decoder --feature-weight``)."""
     decoder_student_w: str = ""
     """Comma-separated guidance weights the students sample at for the decoder's training latents
     (``distill decoder --student-w``); empty: each student's default w."""
@@ -252,7 +254,7 @@ class Recipe:
             samples_per_student=s.decoder_samples_per_student,
             student_w=[float(w) for w in s.decoder_student_w.split(",")] if s.decoder_student_w else None,
             tiny_width=s.decoder_width or None,
-            edge_weight=s.decoder_edge_weight)
+            edge_weight=s.decoder_edge_weight, feature_weight=s.decoder_feature_weight)
         bundle = distill_decoder(cfg)
         card = json.loads((bundle / "vae_tiny" / "decoder_card.json").read_text())
         self.log(json.dumps({"stage": "decoder", "fidelity": card["fidelity"], "parameters": card["parameters"]}))
