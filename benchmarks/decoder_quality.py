@@ -70,6 +70,15 @@ def sample_and_decode(pipe, prompts: list[str], steps: int, seeds: int, w: float
             "tiny": np.concatenate([original(z, "tiny") for z in latents])}
 
 
+def image_psnrs(decoded: dict):
+    """(N,) PSNR in dB of each tiny-decoder image against the full decoder's."""
+    import numpy as np
+
+    from ane_diffusion.distill.decoder import psnr_db
+
+    return np.array([psnr_db(decoded["tiny"][i], decoded["full"][i]) for i in range(len(decoded["full"]))])
+
+
 def psnr_row(pipe, steps: int, decoded: dict) -> dict:
     import numpy as np
     import torch
@@ -77,12 +86,12 @@ def psnr_row(pipe, steps: int, decoded: dict) -> dict:
     from ane_diffusion.decoders import build_tiny, tiny_decoder
     from ane_diffusion.distill.decoder import psnr_db
 
-    full, tiny = decoded["full"], decoded["tiny"]
+    full = decoded["full"]
     torch.manual_seed(0)
     untrained = tiny_decoder(build_tiny(pipe.bundle.configs["vae_tiny"]), pipe.bundle.scaling_factor).eval()
     with torch.no_grad():
         control = untrained(torch.from_numpy(decoded["z"])).numpy()
-    per = np.array([psnr_db(tiny[i], full[i]) for i in range(len(full))])
+    per = image_psnrs(decoded)
     return {"steps": steps, "model": STUDENTS[steps], "images": int(len(full)), "psnr_db_mean": float(per.mean()),
             "psnr_db_p5": float(np.percentile(per, 5)), "psnr_db_min": float(per.min()),
             "control_untrained_psnr_db": psnr_db(control, full)}
@@ -97,25 +106,25 @@ def w_sweep_row(pipe, prompts: list[str], steps: int, split: str) -> dict:
     "steps", "images", "psnr_db": {w: mean}, "psnr_db_p5": {w: 5th percentile}}``."""
     import numpy as np
 
-    from ane_diffusion.distill.decoder import psnr_db
-
     means, p5 = {}, {}
     for w in SWEEP_W:
-        decoded = sample_and_decode(pipe, prompts, steps, 1, w)
-        per = np.array([psnr_db(decoded["tiny"][i], decoded["full"][i]) for i in range(len(prompts))])
+        per = image_psnrs(sample_and_decode(pipe, prompts, steps, 1, w))
         means[str(w)], p5[str(w)] = float(per.mean()), float(np.percentile(per, 5))
     return {"split": split, "steps": steps, "images": len(prompts), "psnr_db": means, "psnr_db_p5": p5}
 
 
-def verdicts(evaluator, decoded: dict, per_image: list) -> dict:
-    """``{"full" / "tiny": {attribute or "all": (N,) bool}}``: is each decoder's image read as its prompt."""
+def read_as_prompted(evaluator, images, per_image: list) -> dict:
+    """``{attribute or "all": (N,) bool}``: is each image (N, 3, H, W) in [-1, 1] read as its prompt."""
     from ane_diffusion.pipeline import to_pil
     from benchmarks.quality.harness import to_array
     from benchmarks.quality.stats import correctness
 
-    return {decoder: correctness(evaluator.analyse(to_array(to_pil(decoded[decoder])))[0], per_image,
-                                 evaluator.config.classes)
-            for decoder in ("full", "tiny")}
+    return correctness(evaluator.analyse(to_array(to_pil(images)))[0], per_image, evaluator.config.classes)
+
+
+def verdicts(evaluator, decoded: dict, per_image: list) -> dict:
+    """``{"full" / "tiny": {attribute or "all": (N,) bool}}``: is each decoder's image read as its prompt."""
+    return {decoder: read_as_prompted(evaluator, decoded[decoder], per_image) for decoder in ("full", "tiny")}
 
 
 def paired_accuracy(evaluator, decoded: dict, per_image: list, groups) -> list[dict]:
@@ -258,8 +267,9 @@ def main(argv=None) -> int:
             noisy = noise_like(decoded["full"], decoded["tiny"], seed=steps)
             noise.append({"split": split, "steps": steps, "tiny_psnr_db": psnr_db(decoded["tiny"], decoded["full"]),
                           "noise_psnr_db": psnr_db(noisy, decoded["full"]), "tiny_flips": flips(rows),
-                          "noise_flips": flips(paired_accuracy(evaluator, {"full": decoded["full"], "tiny": noisy},
-                                                               per_image, groups))})
+                          "noise_flips": flips(paired_rows({"full": correct["full"],
+                                                            "tiny": read_as_prompted(evaluator, noisy, per_image)},
+                                                           groups))})
             sweep.append(w_sweep_row(pipe, prompts[:args.sweep_prompts], steps, split))
             print(f"[decoder-quality] {steps} steps {split}: done", flush=True)
     pairs_png([p for ps in pairs for p in ps], args.out / "pairs.png")

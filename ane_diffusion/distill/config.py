@@ -20,11 +20,12 @@ DEFAULT_W_RANGE = (1.0, 13.0)
 """Stage-1 default ``[w_min, w_max]``: Stable Diffusion's common guidance scales 2 to 14."""
 
 DEFAULT_GUIDANCE_LR_SCALE = 100.0
+"""Stage-1 default learning-rate multiplier of the zero-initialised guidance input (measured on the
+demo teacher: see docs/training.md, "Guidance fidelity")."""
+
 DEFAULT_EDGE_WEIGHT = 16.0
 """The tiny decoder's edge-term weight: the best of 0, 1, 4, 8, 16 on the demo
 (benchmarks/results/decoder-demo/trials); not measured on Stable-Diffusion-size VAEs."""
-"""Stage-1 default learning-rate multiplier of the zero-initialised guidance input (measured on the
-demo teacher: see docs/training.md, "Guidance fidelity")."""
 
 RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "checkpoint_every", "log_every")
 """Fields that may change between an interrupted run and its ``--resume``; all others must match

@@ -12,8 +12,8 @@ Training latents (B, 4, h, w), in the diffusion space (scaled by the VAE's ``sca
 * student latents: what the students actually hand the decoder at run time -- each model of
   ``students`` (default: ``--model`` itself) sampled at its card's steps on the training captions,
   at the card's default w or in turn at each of ``student_w`` (so that the w range users sample is
-  covered). They are slightly off the data manifold (few-step samples), which is
-  exactly where a decoder trained only on data latents would be untested.
+  covered). They are slightly off the data manifold (few-step samples), which is exactly where a
+  decoder trained only on data latents would be untested.
 
 Targets come from the frozen full VAE: ``x = vae.decode(z)`` for the decoder and
 ``vae.encode(x).mean`` for the encoder. The loss (:class:`DecoderLoss`) per micro-batch::
@@ -25,8 +25,8 @@ Targets come from the frozen full VAE: ``x = vae.decode(z)`` for the decoder and
 * pixel MSE, images in [-1, 1];
 * an edge term: the MSE of the images' horizontal and vertical finite differences (a gradient
   difference loss as in Mathieu, Couprie & LeCun, "Deep multi-scale video prediction beyond mean
-  square error", ICLR 2016, here on the signed differences and squared). In frequency terms it weights the error at spatial frequency (u, v) by
-  ``4 sin^2(u/2) + 4 sin^2(v/2)``: pixel MSE plus ``edge_weight`` x this term raises the weight of
+  square error", ICLR 2016, here on the signed differences and squared). In frequency terms it
+  weights the error at spatial frequency (u, v) by ``4 sin^2(u/2) + 4 sin^2(v/2)``: pixel MSE plus ``edge_weight`` x this term raises the weight of
   the finest detail ``1 + 8 edge_weight`` times over flat colour. Pixel MSE alone leaves the tiny
   decoder blurrier than the full one (on the demo, 0.88 of its gradient energy, 57% of the error on
   the 10% sharpest pixels), and the blur is what rounds small shapes' corners;
