@@ -6,8 +6,8 @@ accuracies with each decoder on the very same latents, paired (issue 13, part 4)
 
 For each embedded 4/2/1-step student and each split of the quality harness (train-split captions;
 held-out (shape, colour) combinations), the student samples the harness's prompts and seeds
-(``benchmarks/quality.py``'s choice: ``--num-prompts`` scenes, ``--images-per-prompt`` seeds each,
-w = 3, DDIM) once; its final latents are decoded by the full decoder and by the tiny one.
+(``benchmarks/quality.py``'s choice: ``--num-prompts`` scenes, ``--images-per-prompt`` images each,
+every image its own noise seed, w = 3, DDIM) once; its final latents are decoded by the full decoder and by the tiny one.
 
 1. PSNR (dB, images in [0, 1]) of the tiny decoder's image against the full decoder's, train split.
    A control row decodes the same latents with the tiny decoder *before* training (random weights):
@@ -50,6 +50,7 @@ def sample_and_decode(pipe, prompts: list[str], steps: int, seeds: int, w: float
     import numpy as np
 
     from ane_diffusion.pipeline import Settings
+    from benchmarks.quality.noise import text_to_image_distinct
 
     latents, full = [], []
     backend = pipe.backend
@@ -62,8 +63,8 @@ def sample_and_decode(pipe, prompts: list[str], steps: int, seeds: int, w: float
 
     backend.decode = capture
     try:
-        pipe.text_to_image(prompts, Settings(steps=steps, w=w, sampler="ddim", seed=0, num_images=seeds,
-                                             decoder="full"))
+        text_to_image_distinct(pipe, prompts, Settings(steps=steps, w=w, sampler="ddim", seed=0, num_images=seeds,
+                                                       decoder="full"))
     finally:
         backend.decode = original
     return {"z": np.concatenate(latents), "full": np.concatenate(full),
@@ -290,7 +291,8 @@ def markdown(r: dict) -> str:
     lines = ["# The demo's tiny decoder against its full VAE decoder", "",
              f"{r['date']} on {m['cpu']} ({m['cores']} cores), {s['threads']} thread. Students: "
              f"the embedded 4/2/1-step models; w = {s['w']}; "
-             f"DDIM; the quality harness's prompts, {s['images_per_prompt']} seeds each.", "",
+             f"DDIM; the quality harness's prompts, {s['images_per_prompt']} images each (every image its own noise "
+             "seed).", "",
              "## PSNR of the tiny decoder's image against the full decoder's, same latents", "",
              "Latents: each student's own samples for the train-split prompts. Control: the same tiny "
              "architecture before training.", "",

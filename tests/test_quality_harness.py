@@ -179,3 +179,25 @@ def test_frechet_auto_falls_back_to_numpy_without_scipy(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.linalg", None)
     assert not frechet._have_scipy()
     assert frechet.frechet_distance_features(x, y) == expected
+
+
+def test_every_image_of_a_benchmark_gets_its_own_noise():
+    """The pipeline gives every prompt of one call the same seeds; the benchmarks' sampling gives image j
+    of prompt i the seed i * k + j, and is otherwise the plain pipeline (same images for those seeds)."""
+    from ane_diffusion import load_pipeline
+    from ane_diffusion.pipeline import Settings
+    from benchmarks.quality.noise import text_to_image_distinct
+
+    pipe = load_pipeline("demo-1step")
+    prompts = ["a small red circle at the top left on a black background"] * 3
+    settings = Settings(steps=1, w=3.0, sampler="ddim", seed=5, num_images=2, decoder="full")
+    shared = pipe.text_to_image(prompts, settings)
+    distinct = text_to_image_distinct(pipe, prompts, settings)
+    pixels = [np.asarray(image, dtype=np.int16) for image in distinct.images]
+    assert [m["seed"] for m in shared.metadata] == [5, 6] * 3  # the pipeline's own behaviour
+    assert [m["seed"] for m in distinct.metadata] == [5, 6, 7, 8, 9, 10]
+    assert np.array_equal(np.asarray(shared.images[2]), np.asarray(shared.images[0]))  # same prompt, same noise
+    assert all(np.abs(pixels[i] - pixels[j]).mean() > 0.3 for i in range(6) for j in range(i))  # shared: 0
+    direct = pipe.text_to_image(prompts[:1], Settings(**{**vars(settings), "seed": 9}))
+    assert np.array_equal(np.asarray(direct.images[0]), pixels[4])
+    assert distinct.timings.unet_calls == shared.timings.unet_calls and distinct.timings.total > 0

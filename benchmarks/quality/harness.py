@@ -15,8 +15,9 @@ every student's distance to the teacher at the same and other w, with the w-fide
 Rows hold ``--images-per-row`` images (default 512: prompts x seeds, seeds rounded up).
 
 Two tables: prompts that are full captions of train-split scenes, and of held-out (shape, colour)
-combinations. Every row sees the same prompts and the same seeds (``seed ... seed + n - 1`` for the
-``n`` images of each prompt), so the sample grid compares like with like.
+combinations. Every row sees the same prompts and the same noise: image j of prompt i has the seed
+``seed + i * n + j`` (``n`` images a prompt; :mod:`.noise`), so the sample grid compares like with
+like and no noise is counted for more than one prompt.
 
 Outputs, each written atomically into ``--out``: ``quality.json`` (date, machine, versions,
 settings, evaluator accuracy, both tables), ``quality.md`` (the tables) and ``samples-train.png`` /
@@ -54,6 +55,7 @@ from .matched import markdown_matched, matched_speedups
 from .stats import accuracy_with_intervals, correctness
 from ane_diffusion.distill.fidelity import MIN_RESPONSE_RATIO
 
+from .noise import text_to_image_distinct
 from .wsweep import DEFAULT_WS, as_arrays, fidelity_table, markdown_fidelity
 
 TEACHER_STEPS = (64, 16, 8, 4, 2, 1)
@@ -113,7 +115,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "teacher card's default_w")
     parser.add_argument("--num-prompts", type=int, help=f"prompts per table (default {DEFAULT_PROMPTS}, fewer "
                         "when the split has fewer scenes; 3 with --quick)")
-    parser.add_argument("--images-per-prompt", type=int, help="seeds per prompt (default: enough for "
+    parser.add_argument("--images-per-prompt", type=int, help="images (each its own seed) per prompt (default: enough for "
                         "--images-per-row; 2 with --quick)")
     parser.add_argument("--images-per-row", type=int, default=IMAGES_PER_ROW,
                         help="images per row and table when --images-per-prompt is not given (default %(default)s)")
@@ -285,7 +287,7 @@ class Generator:
                             decoder=self.decoder)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="this student was distilled for")
-            return pipe.text_to_image(prompts, settings)
+            return text_to_image_distinct(pipe, prompts, settings)
 
     def generate(self, spec: RowSpec, prompts: list[str]) -> tuple[list, dict]:
         """Images (scene-major) and timing figures of one row."""
@@ -343,7 +345,7 @@ def default_w(args: argparse.Namespace, rows: list[RowSpec]) -> float:
 
 def run_w_sweep(args, generator: Generator, rows: list[RowSpec], evaluator: Evaluator, prompts: list[str],
                 per_image: list[Scene], groups: np.ndarray):
-    """The w sweep on the train-split prompts (same seeds): the teacher at ``--sweep-teacher-steps``,
+    """The w sweep on the train-split prompts (the same noise at every w): the teacher at ``--sweep-teacher-steps``,
     the stage-1 student at ``--sweep-stage1-steps`` and each progressive student at its own steps,
     at every w of ``--sweep-w``. Returns ``(record, grid)``: per-attribute accuracy with intervals
     per model and w, the w-fidelity table of each student against the teacher, and a PNG grid
@@ -458,9 +460,10 @@ def markdown_report(record: dict) -> str:
         lines += [f"**UNTRUSTED METRIC: the attribute evaluator reads real images below {ev['threshold']:.0%} "
                   "on some attribute; accuracy and Frechet numbers below cannot be relied on.**", ""]
     sizes = ", ".join(f"{split}: {len(t['prompts'])} prompts x {t.get('images_per_prompt', s['images_per_prompt'])} "
-                      f"seeds" for split, t in record["tables"].items())
+                      f"images" for split, t in record["tables"].items())
     lines += [f"{record['date']} on {record['machine']['platform']} ({s['backend']} backend, "
-              f"{s['threads']} thread(s)); w = {s['w']}, DDIM; {sizes}{' (quick mode)' if s['quick'] else ''}.", "",
+              f"{s['threads']} thread(s)); w = {s['w']}, DDIM; {sizes}, every image its own noise seed"
+              f"{' (quick mode)' if s['quick'] else ''}.", "",
               "Accuracy: fraction of generated images the attribute evaluator reads as the prompt's attribute "
               "(all five: every attribute right), with its 95% bootstrap interval (prompts resampled). Frechet: "
               "distance between evaluator features of the generated images and of as many real images of the same "
@@ -489,7 +492,7 @@ def markdown_report(record: dict) -> str:
     sweep = record.get("w_sweep")
     if sweep and "fidelity" in sweep:
         ws = sweep["ws"]
-        lines += ["## w sweep (train-split prompts, same seeds at every w)", "",
+        lines += ["## w sweep (train-split prompts, the same noise at every w)", "",
                   f"Reference: {sweep['teacher']}. Distances: mean absolute pixel difference (0-255) between a "
                   "student's images at one w and the teacher's at each w; the same-w cell is bold. Verdict: closest "
                   "to the teacher at the same w for every w, and change from the first to the last w >= "
