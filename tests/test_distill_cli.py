@@ -33,6 +33,8 @@ def run_cli(argv, capsys):
     (["guidance", "--teacher", "t", "--data", "x", "--updates", "0", "-o", "{out}"], "--updates must be >= 1"),
     (["guidance", "--teacher", "t", "--data", "x", "--guidance-lr-scale", "0", "-o", "{out}"],
      "--guidance-lr-scale must be positive"),
+    (["progressive", "--student", "s", "--data", "x", "--target-steps", "1", "--w-power", "0", "-o", "{out}"],
+     "--w-power must be a finite number > 0"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     argv = [a.replace("{out}", str(tmp_path / "run")) for a in argv]

@@ -106,6 +106,7 @@ def test_student_bundle_and_card(run):
     training = card.training
     assert training["updates"] == 120 and np.isfinite(training["final_loss"])
     assert training["settings"]["lr"] == 1e-4 and "target_steps" not in training["settings"]
+    assert training["settings"]["w_power"] == 1.0 and "edge_weight" not in training["settings"]
     assert training["data"]["examples"] == 12
     assert student.configs["scheduler"]["prediction_type"] == "v_prediction"
     assert student.configs["unet"]["time_cond_proj_dim"] == EMBEDDING_DIM

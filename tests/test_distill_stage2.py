@@ -74,6 +74,7 @@ def test_phase_bundle_card_and_chaining(run, tmp_path):
     assert [entry["kind"] for entry in card.lineage] == ["guidance-distilled"]
     assert card.training["teacher_steps"] == 4 and card.training["updates"] == 60
     assert card.training["settings"]["target_steps"] == 2 and "w_min" not in card.training["settings"]
+    assert card.training["settings"]["w_power"] == 1.0
     log = [json.loads(line) for line in (paths[0].parent / "log.jsonl").read_text().splitlines()]
     assert {r["phase"] for r in log} == {"steps-2"}
     # A phase bundle is a valid input for the next halving; its step count is taken from the card.

@@ -81,3 +81,55 @@ def test_truncated_snr_weight_is_max_of_x_and_eps_error():
     torch.testing.assert_close(weighted, torch.maximum(per_sample(x_err), per_sample(eps_err)))
     torch.testing.assert_close(weighted_mse(x_err, torch.zeros_like(x_err), truncated_snr_weight(alpha, sigma)),
                                weighted.mean())
+
+
+def test_guidance_weight_draws_uniform_and_towards_w_min():
+    """w = w_min + (w_max - w_min) u^p: p = 1 is the uniform draw of earlier runs (same numbers); p = 2
+    puts f^(1/2) of the draws in the lowest fraction f of the range."""
+    import torch
+
+    from ane_diffusion.distill.guidance_weights import draw_guidance_weights
+
+    n, low, high = 200_000, 0.5, 6.5
+    uniform = draw_guidance_weights(n, torch.Generator().manual_seed(3), low, high, 1.0)
+    assert torch.equal(uniform, low + (high - low) * torch.rand(n, generator=torch.Generator().manual_seed(3)))
+    skewed = draw_guidance_weights(n, torch.Generator().manual_seed(3), low, high, 2.0)
+    assert skewed.min() >= low and skewed.max() <= high
+    for fraction in (1 / 6, 0.5):
+        below = low + fraction * (high - low)
+        assert abs(float((uniform < below).double().mean()) - fraction) < 0.005
+        assert abs(float((skewed < below).double().mean()) - fraction ** 0.5) < 0.005
+
+
+@pytest.mark.parametrize("stage", ["guidance", "progressive"])
+def test_both_stages_draw_w_with_the_configured_power(stage):
+    """The losses' draw() goes through draw_guidance_weights with their w_power."""
+    import torch
+
+    from ane_diffusion.distill.engine import MicroBatch
+    from ane_diffusion.distill.stage1 import GuidanceLoss
+    from ane_diffusion.distill.stage2 import ProgressiveLoss
+
+    def draw(power):
+        common = dict(teacher=None, schedule=SCHEDULE, embedding=None, w_min=0.0, w_max=6.0, autocast=None,
+                      w_power=power)
+        loss = (GuidanceLoss(teacher_kind="epsilon", student_kind="v_prediction", **common) if stage == "guidance"
+                else ProgressiveLoss(kind="v_prediction", student_steps=4, **common))
+        batch = MicroBatch(x0=torch.zeros(4000, 1, 2, 2), cond=None, uncond=None,
+                           generator=torch.Generator().manual_seed(0), device="cpu")
+        return loss.draw(batch)[2]
+
+    uniform, skewed = draw(1.0), draw(2.0)
+    assert 0.13 < float((uniform < 1).double().mean()) < 0.2
+    assert 0.37 < float((skewed < 1).double().mean()) < 0.45
+
+
+def test_cards_record_the_fields_their_stage_reads():
+    """w_power is read by stages 1 and 2, so both cards record it; the decoder's card does not."""
+    from ane_diffusion.distill import DistillConfig
+
+    cfg = DistillConfig(model="m", output="o", w_power=2.0)
+    guidance, progressive, decoder = (cfg.settings_for(stage) for stage in ("guidance", "progressive", "decoder"))
+    assert guidance["w_power"] == progressive["w_power"] == 2.0 and "w_power" not in decoder
+    assert "w_min" in guidance and "w_min" not in progressive and "start_steps" not in guidance
+    assert "edge_weight" in decoder and "edge_weight" not in guidance and "start_steps" in progressive

@@ -32,11 +32,11 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 (the run folder may have moved, and checkpoint/log frequency does not change the result)."""
 
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim",
-                             "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting"),
-                "progressive": ("start_steps", "target_steps"),
+                             "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting", "w_power"),
+                "progressive": ("start_steps", "target_steps", "w_power"),
                 "decoder": ("decoder_students", "student_w", "feature_weight", "encoder_weight", "edge_weight",
                             "samples_per_student", "tiny_width")}
-"""Fields only one stage reads (left out of the other stage's card)."""
+"""Fields only some stages read (left out of the other stages' cards)."""
 
 
 @dataclass
@@ -80,6 +80,11 @@ class DistillConfig:
     little: at the shared fine-tuning lr the student barely responds to w (issue 11)."""
     loss_weighting: str = "truncated_snr"
     """Per-sample weight of the x-space error: a key of ``distill.targets.LOSS_WEIGHTINGS``."""
+
+    # stages 1 and 2
+    w_power: float = 1.0
+    """How w is drawn in training: ``w_min + (w_max - w_min) u ** w_power`` (1: uniform; > 1: more
+    draws near ``w_min``): :func:`ane_diffusion.distill.guidance_weights.draw_guidance_weights`."""
 
     # stage 2 only
     start_steps: Optional[int] = None
@@ -141,7 +146,8 @@ class DistillConfig:
 
     def settings_for(self, stage: str) -> dict:
         """The settings a card of ``stage`` records (without the other stage's fields)."""
-        other = [f for name, names in STAGE_FIELDS.items() if name != stage for f in names]
+        other = {f for name, names in STAGE_FIELDS.items() if name != stage for f in names}
+        other -= set(STAGE_FIELDS.get(stage, ()))
         return {k: v for k, v in self.to_dict().items() if k not in other}
 
     def training_settings(self) -> dict:
@@ -171,6 +177,8 @@ class DistillConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.warmup < self.updates:
             raise ValueError(f"--warmup must be in [0, updates), got {self.warmup}")
+        if not (math.isfinite(self.w_power) and self.w_power > 0):
+            raise ValueError(f"--w-power must be a finite number > 0, got {self.w_power}")
         if self.max_grad_norm <= 0:
             raise ValueError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

@@ -3,7 +3,7 @@
 The student is the teacher's UNet plus a zero-initialised guidance input
 (:func:`ane_diffusion.student.add_guidance_input`), so at update 0 it IS the teacher's conditional
 model for every w. Each update draws clean latents x with their captions, ``t ~ U{0..T-1}``,
-``w ~ U[w_min, w_max]`` and noise, and regresses the student's x estimate at ``z_t`` onto the
+``w`` in ``[w_min, w_max]`` (:mod:`.guidance_weights`) and noise, and regresses the student's x estimate at ``z_t`` onto the
 guided teacher's ``(1 + w) x_c - w x_u`` with the truncated-SNR weight. The zero-initialised
 guidance input learns at ``lr x cfg.guidance_lr_scale``: at the fine-tuning lr of the copied weights
 it stays near zero and the student learns one average guidance strength instead of the family.
@@ -27,6 +27,7 @@ from ..schedule import add_noise, expand_like
 from .config import DistillConfig
 from .data import check_data
 from .engine import Engine, MicroBatch
+from .guidance_weights import draw_guidance_weights
 from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config
 from .targets import LOSS_WEIGHTINGS, guided_target, weighted_mse
 
@@ -63,6 +64,8 @@ class GuidanceLoss:
     autocast: Callable
     loss_weighting: str = "truncated_snr"
     """A key of :data:`~ane_diffusion.distill.targets.LOSS_WEIGHTINGS`."""
+    w_power: float = 1.0
+    """See :func:`~ane_diffusion.distill.guidance_weights.draw_guidance_weights`."""
 
     def draw(self, batch: MicroBatch):
         """``(z_t, t, w)`` for the batch's latents: t (B,) CPU int64, z_t and w on the device."""
@@ -70,7 +73,7 @@ class GuidanceLoss:
 
         size, gen, device = batch.x0.shape[0], batch.generator, batch.device
         t = torch.randint(0, self.schedule.num_train_timesteps, (size,), generator=gen)
-        w = self.w_min + (self.w_max - self.w_min) * torch.rand(size, generator=gen)
+        w = draw_guidance_weights(size, gen, self.w_min, self.w_max, self.w_power)
         eps = torch.randn(batch.x0.shape, generator=gen).to(device)
         alpha, sigma = alpha_sigma(self.schedule, t, device)
         return add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps)), t, w.to(device)
@@ -133,7 +136,7 @@ def distill_guidance(cfg: DistillConfig) -> Path:
         teacher = freeze(components.unet, engine.half_dtype)
     loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
                         GuidanceEmbedding(cfg.guidance_embedding_dim, cfg.guidance_embedding_scale), cfg.w_min,
-                        cfg.w_max, engine.autocast, cfg.loss_weighting)
+                        cfg.w_max, engine.autocast, cfg.loss_weighting, cfg.w_power)
     result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data,
                                 lr_scales={GUIDANCE_INPUT: cfg.guidance_lr_scale})
     card = guidance_card(bundle, cfg, result.summary, data.summary())

@@ -28,6 +28,7 @@ from .checkpoint import CheckpointError
 from .config import DistillConfig, halving_schedule
 from .data import check_data
 from .engine import Engine, MicroBatch
+from .guidance_weights import draw_guidance_weights
 from .models import alpha_sigma, freeze, lineage_entry, predict_x0, student_scheduler_config, trainable_copy
 from .targets import truncated_snr_weight, two_step_target, weighted_mse
 
@@ -81,6 +82,8 @@ class ProgressiveLoss:
     w_min: float
     w_max: float
     autocast: Callable
+    w_power: float = 1.0
+    """See :func:`~ane_diffusion.distill.guidance_weights.draw_guidance_weights`."""
 
     def draw(self, batch: MicroBatch):
         """``(z_t, index, w)``: ``index`` (B,) CPU int64 points of the student's grid, t = grid[index]."""
@@ -88,7 +91,7 @@ class ProgressiveLoss:
 
         size, gen, device = batch.x0.shape[0], batch.generator, batch.device
         index = torch.randint(0, self.student_steps, (size,), generator=gen)
-        w = self.w_min + (self.w_max - self.w_min) * torch.rand(size, generator=gen)
+        w = draw_guidance_weights(size, gen, self.w_min, self.w_max, self.w_power)
         eps = torch.randn(batch.x0.shape, generator=gen).to(device)
         alpha, sigma = alpha_sigma(self.schedule, self.timesteps(index)[0], device)
         return add_noise(batch.x0, eps, expand_like(alpha, eps), expand_like(sigma, eps)), index, w.to(device)
@@ -186,7 +189,7 @@ def distill_progressive(cfg: DistillConfig) -> list[Path]:
             teacher = freeze(teacher_unet, engine.half_dtype)
         loss = ProgressiveLoss(teacher, bundle.schedule, teacher_card.prediction_type,
                                teacher_card.guidance_embedding, steps, teacher_card.w_min, teacher_card.w_max,
-                               engine.autocast)
+                               engine.autocast, cfg.w_power)
         result = engine.train_phase(index, f"steps-{steps}", student, loss, data)
         card = progressive_card(bundle.card, bundle.source, teacher_card, teacher_source, steps, cfg,
                                 result.summary, data.summary())
