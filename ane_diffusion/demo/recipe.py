@@ -80,7 +80,8 @@ class RecipeSettings:
     """Weight of the tiny decoder's edge term (``distill decoder --edge-weight``). Against 0 (the
     earlier setting) at the same 4000 updates: 36.4-36.7 dB instead of 34.0-34.1 against the full
     decoder, flipped attribute verdicts 71 / 112 instead of 152 / 145 on the train / held-out splits
-    (1, 4 and 8 lie between; benchmarks/results/decoder-demo/trials)."""
+    (1, 4 and 8 lie between; benchmarks/results/decoder-demo/trials, measured on 4 noises shared by the
+    prompts)."""
     decoder_width: int = 0
     """Channels of the tiny autoencoder's levels; 0: :func:`ane_diffusion.decoders.tiny_config`'s rule
     (32 here). 64 at 4000 updates was more faithful (+2.3 dB) but still missed the 1-point target and
