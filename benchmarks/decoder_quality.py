@@ -7,7 +7,8 @@ accuracies with each decoder on the very same latents, paired (issue 13, part 4)
 For each embedded 4/2/1-step student and each split of the quality harness (train-split captions;
 held-out (shape, colour) combinations), the student samples the harness's prompts and seeds
 (``benchmarks/quality.py``'s choice: ``--num-prompts`` scenes, ``--images-per-prompt`` images each,
-every image its own noise seed, w = 3, DDIM) once; its final latents are decoded by the full decoder and by the tiny one.
+every image its own noise seed, w = 3, DDIM) once; its final latents are decoded by the full decoder
+and by the tiny one.
 
 1. PSNR (dB, images in [0, 1]) of the tiny decoder's image against the full decoder's, train split.
    A control row decodes the same latents with the tiny decoder *before* training (random weights):

@@ -3,10 +3,11 @@
 The student is the teacher's UNet plus a zero-initialised guidance input
 (:func:`ane_diffusion.student.add_guidance_input`), so at update 0 it IS the teacher's conditional
 model for every w. Each update draws clean latents x with their captions, ``t ~ U{0..T-1}``,
-``w`` in ``[w_min, w_max]`` (:mod:`.guidance_weights`) and noise, and regresses the student's x estimate at ``z_t`` onto the
-guided teacher's ``(1 + w) x_c - w x_u`` with the truncated-SNR weight. The zero-initialised
-guidance input learns at ``lr x cfg.guidance_lr_scale``: at the fine-tuning lr of the copied weights
-it stays near zero and the student learns one average guidance strength instead of the family.
+``w`` in ``[w_min, w_max]`` (:mod:`.guidance_weights`) and noise, and regresses the student's x
+estimate at ``z_t`` onto the guided teacher's ``(1 + w) x_c - w x_u`` with the truncated-SNR
+weight. The zero-initialised guidance input learns at ``lr x cfg.guidance_lr_scale``: at the
+fine-tuning lr of the copied weights it stays near zero and the student learns one average guidance
+strength instead of the family.
 
 The student's output parameterisation (``cfg.prediction_type``) may differ from the teacher's; the
 loss is in x-space either way. With a different one, update 0 is the teacher's network but not

@@ -115,8 +115,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "teacher card's default_w")
     parser.add_argument("--num-prompts", type=int, help=f"prompts per table (default {DEFAULT_PROMPTS}, fewer "
                         "when the split has fewer scenes; 3 with --quick)")
-    parser.add_argument("--images-per-prompt", type=int, help="images (each its own seed) per prompt (default: enough for "
-                        "--images-per-row; 2 with --quick)")
+    parser.add_argument("--images-per-prompt", type=int, help="images per prompt, each its own noise seed "
+                        "(default: enough for --images-per-row; 2 with --quick)")
     parser.add_argument("--images-per-row", type=int, default=IMAGES_PER_ROW,
                         help="images per row and table when --images-per-prompt is not given (default %(default)s)")
     parser.add_argument("--sweep-w", type=float, nargs="*", help="w values of the w sweep (default "
@@ -345,9 +345,9 @@ def default_w(args: argparse.Namespace, rows: list[RowSpec]) -> float:
 
 def run_w_sweep(args, generator: Generator, rows: list[RowSpec], evaluator: Evaluator, prompts: list[str],
                 per_image: list[Scene], groups: np.ndarray):
-    """The w sweep on the train-split prompts (the same noise at every w): the teacher at ``--sweep-teacher-steps``,
-    the stage-1 student at ``--sweep-stage1-steps`` and each progressive student at its own steps,
-    at every w of ``--sweep-w``. Returns ``(record, grid)``: per-attribute accuracy with intervals
+    """The w sweep on the train-split prompts (the same noise at every w): the teacher at
+    ``--sweep-teacher-steps``, the stage-1 student at ``--sweep-stage1-steps`` and each progressive
+    student at its own steps, at every w of ``--sweep-w``. Returns ``(record, grid)``: per-attribute accuracy with intervals
     per model and w, the w-fidelity table of each student against the teacher, and a PNG grid
     (first prompt and seed; rows = models, columns = w)."""
     from PIL import Image
