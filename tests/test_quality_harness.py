@@ -201,3 +201,21 @@ def test_every_image_of_a_benchmark_gets_its_own_noise():
     direct = pipe.text_to_image(prompts[:1], Settings(**{**vars(settings), "seed": 9}))
     assert np.array_equal(np.asarray(direct.images[0]), pixels[4])
     assert distinct.timings.unet_calls == shared.timings.unet_calls and distinct.timings.total > 0
+
+
+def test_the_harness_and_the_w_sweep_sample_one_noise_per_image():
+    """The quality harness's rows and the w sweep go through the distinct-noise sampling: the same
+    prompt twice gives two different images (with the pipeline's shared seeds it gives one twice)."""
+    from ane_diffusion import load_pipeline
+    from benchmarks.quality.harness import Generator
+    from benchmarks.quality.wsweep import sweep_images
+
+    pipe = load_pipeline("demo-1step")
+    prompts = ["a large green triangle in the center on a gray background"] * 2
+
+    def differ(images):
+        a, b = (np.asarray(image, dtype=np.int16) for image in images)
+        return np.abs(a - b).mean() > 0.3
+
+    assert differ(Generator("torch", 3.0, 0, 1, "full")._run(pipe, prompts, 1).images)
+    assert differ(sweep_images(pipe, prompts, [0.0], 1, 0, 1)[0.0])
