@@ -8,7 +8,7 @@
         --out /tmp/w100.json   # [--embedding-scale 1000] [--loss-weighting x] [--w-max 9]
 
     # several students against one teacher sweep, on the quality harness's first 128 train prompts
-    python benchmarks/stage1_w_trial.py --student demo-stage1 demo-4step --student-steps 16 4 \
+    python benchmarks/stage1_w_trial.py --student demo-stage1 demo-4step --student-steps 16 4 \\
         --teacher-steps 16 --prompts 128 --seeds 1 --out /tmp/students.json
     # stage 1 with w drawn towards w_min, then stage 2 from it down to 4 steps
     python benchmarks/stage1_w_trial.py --train --updates 1000 --w-power 2 --progressive-to 4 ...
@@ -134,9 +134,10 @@ def main(argv=None) -> int:
     if len(steps) != len(students):
         p.error("--student-steps takes one value or one per student")
     if args.progressive_to is not None:
-        progressive = train_progressive(args, students[0])
-        students += progressive
-        steps += [int(Path(path).name.split("-")[1]) for path in progressive]
+        from ane_diffusion.distill.config import halving_schedule
+
+        students += train_progressive(args, students[0])
+        steps += halving_schedule(args.progressive_from, args.progressive_to)
     trained_s = time.time() - start
     prompts = trial_prompts(args)
     teacher = as_arrays(sweep_images(load_pipeline(args.teacher), prompts, args.ws, args.teacher_steps, 7, args.seeds))

@@ -26,8 +26,9 @@ Targets come from the frozen full VAE: ``x = vae.decode(z)`` for the decoder and
 * an edge term: the MSE of the images' horizontal and vertical finite differences (a gradient
   difference loss as in Mathieu, Couprie & LeCun, "Deep multi-scale video prediction beyond mean
   square error", ICLR 2016, here on the signed differences and squared). In frequency terms it
-  weights the error at spatial frequency (u, v) by ``4 sin^2(u/2) + 4 sin^2(v/2)``: pixel MSE plus ``edge_weight`` x this term raises the weight of
-  the finest detail ``1 + 8 edge_weight`` times over flat colour. Pixel MSE alone leaves the tiny
+  weights the error at spatial frequency (u, v) by ``4 sin^2(u/2) + 4 sin^2(v/2)``: pixel MSE plus
+  ``edge_weight`` x this term raises the weight of the finest detail ``1 + 8 edge_weight`` times
+  over flat colour. Pixel MSE alone leaves the tiny
   decoder blurrier than the full one (on the demo, 0.88 of its gradient energy, 57% of the error on
   the 10% sharpest pixels), and the blur is what rounds small shapes' corners;
 * a feature (perceptual) term: ``F_l`` are the activations after the VAE encoder's input

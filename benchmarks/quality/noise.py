@@ -35,6 +35,6 @@ def text_to_image_distinct(pipe, prompts: Sequence[str], settings):
         result = pipe.text_to_image([prompt], dataclasses.replace(settings, seed=seed))
         out.images += result.images
         out.metadata += result.metadata
-        for name in ("text_encoder", "unet", "unet_calls", "vae_decode", "vae_encode", "total"):
+        for name in (f.name for f in dataclasses.fields(Timings)):
             setattr(out.timings, name, getattr(out.timings, name) + getattr(result.timings, name))
     return out
