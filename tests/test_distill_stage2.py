@@ -85,3 +85,73 @@ def test_phase_bundle_card_and_chaining(run, tmp_path):
     with pytest.raises(ValueError, match="--start-steps must be 2"):
         distill_progressive(DistillConfig(model=str(paths[0]), output=str(tmp_path / "bad"), data=cfg.data,
                                           start_steps=4, target_steps=1, progress=False))
+
+
+class EpsilonAsV(torch.nn.Module):
+    """An epsilon network whose output is converted exactly to v: a perfect parameterisation switch."""
+
+    def __init__(self, unet, schedule):
+        super().__init__()
+        self.unet, self.schedule = unet, schedule
+
+    def forward(self, z, t, **kwargs):
+        eps = self.unet(z, t, **kwargs).sample
+        alpha, sigma = alpha_sigma(self.schedule, t.cpu(), z.device)
+        v = (eps - expand_like(sigma, z) * z) / expand_like(alpha, z)  # v = alpha eps - sigma x, x = (z - sigma eps) / alpha
+        return type("Out", (), {"sample": v})()
+
+
+@pytest.fixture(scope="module")
+def switched(tmp_path_factory):
+    """4-step EPSILON stage-1 student (tiny, random) -> a 2-step student at the default (v), 60 updates."""
+    root = tmp_path_factory.mktemp("stage2-eps")
+    student = make_tiny_bundle(root / "stage1", student=True, prediction_type="epsilon")
+    cfg = DistillConfig(model=str(student), output=str(root / "run"), data=str(write_dataset(root / "images")),
+                        start_steps=4, target_steps=2, updates=60, lr=1e-3, batch_size=4, progress=False)
+    return cfg, distill_progressive(cfg)
+
+
+def test_the_student_loss_reads_the_output_in_the_students_parameterisation(switched):
+    cfg, _ = switched
+    bundle = resolve_bundle(cfg.model)
+    components = load_components(bundle)
+    unet = components.unet
+    data = load_training_set(cfg, bundle, components, f"{cfg.output}/cache", "cpu")
+    x0, cond, _ = data.batch(np.arange(8))
+    index, w = torch.tensor([0, 1] * 4), torch.full((8,), 3.0)
+    common = (unet, bundle.schedule, "epsilon", GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE), 2, 0.0, 8.0,
+              contextlib.nullcontext, 1.0)
+    same, switch = ProgressiveLoss(*common), ProgressiveLoss(*common, "v_prediction")
+    alpha, sigma = alpha_sigma(bundle.schedule, same.timesteps(index)[0], "cpu")
+    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        eps_loss = same.loss_at(unet, z, index, cond, w).item()
+        converted = switch.loss_at(EpsilonAsV(unet, bundle.schedule), z, index, cond, w).item()
+        raw = switch.loss_at(unet, z, index, cond, w).item()  # the epsilon output misread as v
+    assert converted == pytest.approx(eps_loss, rel=1e-4)
+    assert raw > 2 * eps_loss
+
+
+def test_an_epsilon_stage1_student_gives_v_students_that_learn_the_switch(switched):
+    cfg, paths = switched
+    stage1 = resolve_bundle(cfg.model)
+    out = resolve_bundle(paths[0])
+    assert stage1.card.prediction_type == "epsilon"
+    assert out.card.prediction_type == "v_prediction" and out.configs["scheduler"]["prediction_type"] == "v_prediction"
+    assert out.card.lineage[-1]["prediction_type"] == "epsilon"
+    assert out.card.training["settings"]["prediction_type"] == "v_prediction"
+    components = load_components(stage1)
+    trained = load_components(out).unet
+    data = load_training_set(cfg, stage1, components, f"{cfg.output}/cache", "cpu")
+    x0, cond, _ = data.batch(np.arange(8))
+    index = torch.tensor([1] * 8)  # t = 499: at t = 999 a random epsilon network's x estimate is noise / 0.07
+    loss = ProgressiveLoss(components.unet, stage1.schedule, "epsilon", GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE),
+                           2, 0.0, 8.0, contextlib.nullcontext, 1.0, "v_prediction")
+    alpha, sigma = alpha_sigma(stage1.schedule, loss.timesteps(index)[0], "cpu")
+    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        for w in (0.0, 3.0, 6.0):
+            w = torch.full((8,), w)
+            before = loss.loss_at(components.unet, z, index, cond, w).item()  # update 0: the stage-1 network read as v
+            after = loss.loss_at(trained, z, index, cond, w).item()
+            assert after < 0.5 * before, (w, before, after)

@@ -90,6 +90,9 @@ def register(subparsers) -> None:
     s.add_argument("--student", required=True, help="stage-1 (or progressive) student bundle")
     s.add_argument("--start-steps", type=int, default=None, help="steps of the input model (default: its card's)")
     s.add_argument("--target-steps", type=int, required=True, help="1, 2, 4, ... reachable by halving")
+    s.add_argument("--prediction-type", choices=PREDICTION_TYPES, default="v_prediction",
+                   help="the students' output parameterisation (default v_prediction, which 1-4-step students "
+                        "need; an epsilon --student switches in the first phase)")
     _w_power(s)
     _common(s)
     s.set_defaults(run=run)
@@ -140,7 +143,7 @@ def config_from_args(args):
                          "w_power": args.w_power}
                         if args.stage == "guidance" else
                         {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps,
-                         "w_power": args.w_power})
+                         "prediction_type": args.prediction_type, "w_power": args.w_power})
     return DistillConfig(
         output=args.output, data=args.data, prompts=args.prompts, cache_dir=args.cache_dir, shards=args.shards,
         shuffle_buffer=args.shuffle_buffer, bad_data=args.bad_data,

@@ -33,7 +33,7 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim",
                              "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting", "w_power"),
-                "progressive": ("start_steps", "target_steps", "w_power"),
+                "progressive": ("start_steps", "target_steps", "prediction_type", "w_power"),
                 "decoder": ("decoder_students", "student_w", "feature_weight", "encoder_weight", "edge_weight",
                             "samples_per_student", "tiny_width")}
 """Fields only some stages read (left out of the other stages' cards)."""
@@ -70,6 +70,8 @@ class DistillConfig:
     w_min: float = DEFAULT_W_RANGE[0]
     w_max: float = DEFAULT_W_RANGE[1]
     prediction_type: str = "v_prediction"
+    """The student's output parameterisation. Stage 1 and stage 2 alike: a stage-2 run whose input
+    student has another one switches in its first phase (an epsilon stage-1 student gives v students)."""
     guidance_embedding_dim: int = 256
     guidance_embedding_scale: float = STUDENT_W_SCALE
     """w is multiplied by this before the sinusoidal embedding (recorded in the card): see
@@ -194,6 +196,7 @@ class DistillConfig:
         if stage == "guidance":
             self._check_guidance()
         elif stage == "progressive":
+            self._check_prediction_type()
             if self.start_steps is not None:
                 halving_schedule(self.start_steps, self.target_steps)
         elif stage == "decoder":
@@ -211,13 +214,16 @@ class DistillConfig:
             raise ValueError(f"unknown stage {stage!r}")
         return self
 
+    def _check_prediction_type(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"--prediction-type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+
     def _check_guidance(self) -> None:
         if self.w_min > self.w_max:
             raise ValueError(f"--w-min {self.w_min} is greater than --w-max {self.w_max}")
         if self.w_min < 0:
             raise ValueError(f"--w-min must be >= 0 (w = guidance_scale - 1), got {self.w_min}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"--prediction-type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        self._check_prediction_type()
         from .targets import LOSS_WEIGHTINGS
 
         if self.loss_weighting not in LOSS_WEIGHTINGS:

@@ -7,6 +7,10 @@ the next point of the 2N'-step grid, t'' the next student grid point or the clea
 student learns, in one step, the x that lands on the same ``z_t''``
 (:func:`~ane_diffusion.distill.targets.two_step_target`). Every phase is saved as a complete
 bundle ``OUTPUT/steps-{N'}``.
+
+The students' parameterisation is ``cfg.prediction_type`` (default v). When the stage-1 student's
+differs (an epsilon student), the first phase switches: its student starts as the stage-1 network
+with the output read the new way, and the loss, in x-space, teaches it what the output now means.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -84,6 +88,8 @@ class ProgressiveLoss:
     autocast: Callable
     w_power: float = 1.0
     """See :func:`~ane_diffusion.distill.guidance_weights.draw_guidance_weights`."""
+    student_kind: Optional[str] = None
+    """The student's parameterisation when it differs from the teacher's ``kind``."""
 
     def draw(self, batch: MicroBatch):
         """``(z_t, index, w)``: ``index`` (B,) CPU int64 points of the student's grid, t = grid[index]."""
@@ -114,7 +120,8 @@ class ProgressiveLoss:
             z_end, a_end, s_end = teacher_two_steps(self.teacher, z, times, cond, w, self.schedule,
                                                     self.kind, self.embedding)
         target = two_step_target(z, z_end, alpha, sigma, a_end, s_end)
-        x_hat = predict_x0(student, z, times[0].to(z.device), cond, alpha, sigma, self.kind, w, self.embedding)
+        x_hat = predict_x0(student, z, times[0].to(z.device), cond, alpha, sigma, self.student_kind or self.kind, w,
+                           self.embedding)
         return weighted_mse(x_hat, target, truncated_snr_weight(alpha, sigma))
 
     def __call__(self, student, batch: MicroBatch):
@@ -126,7 +133,8 @@ def progressive_card(root_card: ModelCard, root_source: str, teacher_card: Model
                      steps: int, cfg: DistillConfig, summary: dict, data_summary: dict) -> ModelCard:
     """The card of an N'-step student: the stage-1 model's w range, its lineage, this phase's training."""
     return dataclasses.replace(
-        teacher_card, kind="progressive", steps=steps, recommended_sampler="ddim", recommended_steps=steps,
+        teacher_card, kind="progressive", steps=steps, prediction_type=cfg.prediction_type,
+        recommended_sampler="ddim", recommended_steps=steps,
         teacher=root_card.teacher or root_source,
         lineage=list(teacher_card.lineage) + [lineage_entry(teacher_card, teacher_source)],
         training={"stage": "progressive", "teacher_steps": 2 * steps, **summary, "data": data_summary,
@@ -168,7 +176,7 @@ def distill_progressive(cfg: DistillConfig) -> list[Path]:
     data = engine.training_set(bundle, components)
     resumed = engine.resume_position()
     teacher_unet, teacher_card, teacher_source = components.unet, bundle.card, bundle.source
-    scheduler_config = student_scheduler_config(bundle.configs["scheduler"], bundle.card.prediction_type)
+    scheduler_config = student_scheduler_config(bundle.configs["scheduler"], cfg.prediction_type)
     paths = []
     for index, steps in enumerate(phases):
         path = phase_dir(cfg.output, steps)
@@ -189,7 +197,7 @@ def distill_progressive(cfg: DistillConfig) -> list[Path]:
             teacher = freeze(teacher_unet, engine.half_dtype)
         loss = ProgressiveLoss(teacher, bundle.schedule, teacher_card.prediction_type,
                                teacher_card.guidance_embedding, steps, teacher_card.w_min, teacher_card.w_max,
-                               engine.autocast, cfg.w_power)
+                               engine.autocast, cfg.w_power, cfg.prediction_type)
         result = engine.train_phase(index, f"steps-{steps}", student, loss, data)
         card = progressive_card(bundle.card, bundle.source, teacher_card, teacher_source, steps, cfg,
                                 result.summary, data.summary())
