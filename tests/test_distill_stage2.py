@@ -33,14 +33,17 @@ def write_dataset(folder, count=12):
     return folder
 
 
+def distill_tiny(root, stage1_prediction_type: str, lr: float):
+    """A 4-step stage-1 student (tiny, random) -> a 2-step student (default: v), 60 updates."""
+    student = make_tiny_bundle(root / "stage1", student=True, prediction_type=stage1_prediction_type)
+    cfg = DistillConfig(model=str(student), output=str(root / "run"), data=str(write_dataset(root / "images")),
+                        start_steps=4, target_steps=2, updates=60, lr=lr, batch_size=4, progress=False)
+    return cfg, distill_progressive(cfg)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """4-step stage-1 student (tiny, random) -> a 2-step student, 60 updates."""
-    root = tmp_path_factory.mktemp("stage2")
-    student = make_tiny_bundle(root / "stage1", student=True, prediction_type="v_prediction")
-    cfg = DistillConfig(model=str(student), output=str(root / "run"), data=str(write_dataset(root / "images")),
-                        start_steps=4, target_steps=2, updates=60, lr=1e-4, batch_size=4, progress=False)
-    return cfg, distill_progressive(cfg)
+    return distill_tiny(tmp_path_factory.mktemp("stage2"), "v_prediction", 1e-4)
 
 
 def test_two_step_student_matches_the_four_step_teacher_better(run):
@@ -97,18 +100,15 @@ class EpsilonAsV(torch.nn.Module):
     def forward(self, z, t, **kwargs):
         eps = self.unet(z, t, **kwargs).sample
         alpha, sigma = alpha_sigma(self.schedule, t.cpu(), z.device)
-        v = (eps - expand_like(sigma, z) * z) / expand_like(alpha, z)  # v = alpha eps - sigma x, x = (z - sigma eps) / alpha
+        # v = alpha eps - sigma x with x = (z - sigma eps) / alpha
+        v = (eps - expand_like(sigma, z) * z) / expand_like(alpha, z)
         return type("Out", (), {"sample": v})()
 
 
 @pytest.fixture(scope="module")
 def switched(tmp_path_factory):
-    """4-step EPSILON stage-1 student (tiny, random) -> a 2-step student at the default (v), 60 updates."""
-    root = tmp_path_factory.mktemp("stage2-eps")
-    student = make_tiny_bundle(root / "stage1", student=True, prediction_type="epsilon")
-    cfg = DistillConfig(model=str(student), output=str(root / "run"), data=str(write_dataset(root / "images")),
-                        start_steps=4, target_steps=2, updates=60, lr=1e-3, batch_size=4, progress=False)
-    return cfg, distill_progressive(cfg)
+    """An EPSILON stage-1 student -> a 2-step student at the default parameterisation (v)."""
+    return distill_tiny(tmp_path_factory.mktemp("stage2-eps"), "epsilon", 1e-3)
 
 
 def test_the_student_loss_reads_the_output_in_the_students_parameterisation(switched):
@@ -123,7 +123,8 @@ def test_the_student_loss_reads_the_output_in_the_students_parameterisation(swit
               contextlib.nullcontext, 1.0)
     same, switch = ProgressiveLoss(*common), ProgressiveLoss(*common, "v_prediction")
     alpha, sigma = alpha_sigma(bundle.schedule, same.timesteps(index)[0], "cpu")
-    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
     with torch.no_grad():
         eps_loss = same.loss_at(unet, z, index, cond, w).item()
         converted = switch.loss_at(EpsilonAsV(unet, bundle.schedule), z, index, cond, w).item()
@@ -145,10 +146,12 @@ def test_an_epsilon_stage1_student_gives_v_students_that_learn_the_switch(switch
     data = load_training_set(cfg, stage1, components, f"{cfg.output}/cache", "cpu")
     x0, cond, _ = data.batch(np.arange(8))
     index = torch.tensor([1] * 8)  # t = 499: at t = 999 a random epsilon network's x estimate is noise / 0.07
-    loss = ProgressiveLoss(components.unet, stage1.schedule, "epsilon", GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE),
-                           2, 0.0, 8.0, contextlib.nullcontext, 1.0, "v_prediction")
+    loss = ProgressiveLoss(components.unet, stage1.schedule, "epsilon",
+                           GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE), 2, 0.0, 8.0, contextlib.nullcontext,
+                           1.0, "v_prediction")
     alpha, sigma = alpha_sigma(stage1.schedule, loss.timesteps(index)[0], "cpu")
-    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))
+    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
     with torch.no_grad():
         for w in (0.0, 3.0, 6.0):
             w = torch.full((8,), w)
