@@ -41,6 +41,22 @@ def distill_tiny(root, stage1_prediction_type: str, lr: float):
     return cfg, distill_progressive(cfg)
 
 
+def noisy_batch(cfg, bundle, components, loss, index, seed: int):
+    """``(z, cond)``: eight training latents noised at the student grid points ``index`` (8,)."""
+    data = load_training_set(cfg, bundle, components, f"{cfg.output}/cache", "cpu")
+    x0, cond, _ = data.batch(np.arange(8))
+    alpha, sigma = alpha_sigma(bundle.schedule, loss.timesteps(index)[0], "cpu")
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    return expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps, cond
+
+
+def losses_before_and_after(loss, untrained, trained, z, index, cond, ws):
+    """``[(w, loss of untrained, loss of trained)]`` on one noisy batch."""
+    with torch.no_grad():
+        return [(w, loss.loss_at(untrained, z, index, cond, torch.full((8,), w)).item(),
+                 loss.loss_at(trained, z, index, cond, torch.full((8,), w)).item()) for w in ws]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return distill_tiny(tmp_path_factory.mktemp("stage2"), "v_prediction", 1e-4)
@@ -53,20 +69,12 @@ def test_two_step_student_matches_the_four_step_teacher_better(run):
     components = load_components(bundle)
     teacher = components.unet  # also the student before training
     trained = load_components(resolve_bundle(paths[0])).unet
-    data = load_training_set(cfg, bundle, components, f"{cfg.output}/cache", "cpu")
-    x0, cond, _ = data.batch(np.arange(8))
     index = torch.tensor([0, 1] * 4)
-    loss = ProgressiveLoss(teacher, bundle.schedule, "v_prediction", GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE), 2, 0.0, 8.0,
-                           contextlib.nullcontext)
-    alpha, sigma = alpha_sigma(bundle.schedule, loss.timesteps(index)[0], "cpu")
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(99))
-    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
-    with torch.no_grad():
-        for w in (1.0, 3.0, 6.0):
-            w = torch.full((8,), w)
-            before = loss.loss_at(teacher, z, index, cond, w).item()
-            after = loss.loss_at(trained, z, index, cond, w).item()
-            assert after < 0.7 * before, (w, before, after)
+    loss = ProgressiveLoss(teacher, bundle.schedule, "v_prediction", GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE),
+                           2, 0.0, 8.0, contextlib.nullcontext)
+    z, cond = noisy_batch(cfg, bundle, components, loss, index, 99)
+    for w, before, after in losses_before_and_after(loss, teacher, trained, z, index, cond, (1.0, 3.0, 6.0)):
+        assert after < 0.7 * before, (w, before, after)
 
 
 def test_phase_bundle_card_and_chaining(run, tmp_path):
@@ -116,15 +124,11 @@ def test_the_student_loss_reads_the_output_in_the_students_parameterisation(swit
     bundle = resolve_bundle(cfg.model)
     components = load_components(bundle)
     unet = components.unet
-    data = load_training_set(cfg, bundle, components, f"{cfg.output}/cache", "cpu")
-    x0, cond, _ = data.batch(np.arange(8))
     index, w = torch.tensor([0, 1] * 4), torch.full((8,), 3.0)
     common = (unet, bundle.schedule, "epsilon", GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE), 2, 0.0, 8.0,
               contextlib.nullcontext, 1.0)
     same, switch = ProgressiveLoss(*common), ProgressiveLoss(*common, "v_prediction")
-    alpha, sigma = alpha_sigma(bundle.schedule, same.timesteps(index)[0], "cpu")
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
-    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
+    z, cond = noisy_batch(cfg, bundle, components, same, index, 5)
     with torch.no_grad():
         eps_loss = same.loss_at(unet, z, index, cond, w).item()
         converted = switch.loss_at(EpsilonAsV(unet, bundle.schedule), z, index, cond, w).item()
@@ -143,18 +147,11 @@ def test_an_epsilon_stage1_student_gives_v_students_that_learn_the_switch(switch
     assert out.card.training["settings"]["prediction_type"] == "v_prediction"
     components = load_components(stage1)
     trained = load_components(out).unet
-    data = load_training_set(cfg, stage1, components, f"{cfg.output}/cache", "cpu")
-    x0, cond, _ = data.batch(np.arange(8))
     index = torch.tensor([1] * 8)  # t = 499: at t = 999 a random epsilon network's x estimate is noise / 0.07
     loss = ProgressiveLoss(components.unet, stage1.schedule, "epsilon",
                            GuidanceEmbedding(EMBEDDING_DIM, STUDENT_W_SCALE), 2, 0.0, 8.0, contextlib.nullcontext,
                            1.0, "v_prediction")
-    alpha, sigma = alpha_sigma(stage1.schedule, loss.timesteps(index)[0], "cpu")
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))
-    z = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
-    with torch.no_grad():
-        for w in (0.0, 3.0, 6.0):
-            w = torch.full((8,), w)
-            before = loss.loss_at(components.unet, z, index, cond, w).item()  # update 0: the stage-1 network read as v
-            after = loss.loss_at(trained, z, index, cond, w).item()
-            assert after < 0.5 * before, (w, before, after)
+    z, cond = noisy_batch(cfg, stage1, components, loss, index, 7)
+    # before: update 0, the stage-1 network's epsilon output read as v
+    for w, before, after in losses_before_and_after(loss, components.unet, trained, z, index, cond, (0.0, 3.0, 6.0)):
+        assert after < 0.5 * before, (w, before, after)
