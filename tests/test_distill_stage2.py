@@ -13,7 +13,7 @@ from ane_diffusion.distill.data import load_training_set
 from ane_diffusion.distill.models import alpha_sigma
 from ane_diffusion.distill.stage2 import ProgressiveLoss
 from ane_diffusion.guidance import STUDENT_W_SCALE, GuidanceEmbedding
-from ane_diffusion.schedule import expand_like
+from ane_diffusion.schedule import add_noise, expand_like
 from ane_diffusion.testing import TINY_CORPUS, make_tiny_bundle
 from ane_diffusion.torch_models import load_components
 
@@ -47,7 +47,7 @@ def noisy_batch(cfg, bundle, components, loss, index, seed: int):
     x0, cond, _ = data.batch(np.arange(8))
     alpha, sigma = alpha_sigma(bundle.schedule, loss.timesteps(index)[0], "cpu")
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    return expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps, cond
+    return add_noise(x0, eps, expand_like(alpha, x0), expand_like(sigma, x0)), cond
 
 
 def losses_before_and_after(loss, untrained, trained, z, index, cond, ws):

@@ -28,9 +28,9 @@ Targets come from the frozen full VAE: ``x = vae.decode(z)`` for the decoder and
   square error", ICLR 2016, here on the signed differences and squared). In frequency terms it
   weights the error at spatial frequency (u, v) by ``4 sin^2(u/2) + 4 sin^2(v/2)``: pixel MSE plus
   ``edge_weight`` x this term raises the weight of the finest detail ``1 + 8 edge_weight`` times
-  over flat colour. Pixel MSE alone leaves the tiny
-  decoder blurrier than the full one (on the demo, 0.88 of its gradient energy, 57% of the error on
-  the 10% sharpest pixels), and the blur is what rounds small shapes' corners;
+  over flat colour. Pixel MSE alone leaves the tiny decoder blurrier than the full one (on the
+  demo, 0.88 of its gradient energy, 57% of the error on the 10% sharpest pixels), and the blur is
+  what rounds small shapes' corners;
 * a feature (perceptual) term: ``F_l`` are the activations after the VAE encoder's input
   convolution and each of its down blocks, i.e. multi-scale edge and texture detectors that this
   bundle's own VAE learnt on this data. LPIPS would need downloaded VGG/AlexNet weights, which do

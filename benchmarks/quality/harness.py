@@ -347,9 +347,9 @@ def run_w_sweep(args, generator: Generator, rows: list[RowSpec], evaluator: Eval
                 per_image: list[Scene], groups: np.ndarray):
     """The w sweep on the train-split prompts (the same noise at every w): the teacher at
     ``--sweep-teacher-steps``, the stage-1 student at ``--sweep-stage1-steps`` and each progressive
-    student at its own steps, at every w of ``--sweep-w``. Returns ``(record, grid)``: per-attribute accuracy with intervals
-    per model and w, the w-fidelity table of each student against the teacher, and a PNG grid
-    (first prompt and seed; rows = models, columns = w)."""
+    student at its own steps, at every w of ``--sweep-w``. Returns ``(record, grid)``: per-attribute
+    accuracy with intervals per model and w, the w-fidelity table of each student against the
+    teacher, and a PNG grid (first prompt and seed; rows = models, columns = w)."""
     from PIL import Image
 
     ws = [float(w) for w in args.sweep_w]
