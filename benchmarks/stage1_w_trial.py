@@ -12,6 +12,9 @@
         --teacher-steps 16 --prompts 128 --seeds 1 --out /tmp/students.json
     # stage 1 with w drawn towards w_min, then stage 2 from it down to 4 steps
     python benchmarks/stage1_w_trial.py --train --updates 1000 --w-power 2 --progressive-to 4 ...
+    # stage 2 from an epsilon stage-1 student: kept epsilon, or switched to v in a longer first phase
+    python benchmarks/stage1_w_trial.py --student EPS_STAGE1 --student-steps 16 --progressive-to 4 \\
+        --progressive-prediction-type epsilon ...   # or: --first-phase-updates 1200
 
 The measurement: 4 train-split prompts (or ``--prompts N``) x ``--seeds`` images, every image its own
 noise seed, the students at ``--student-steps`` DDIM steps (progressive students at their own) and
@@ -66,12 +69,24 @@ def train_progressive(args, stage1: str) -> list[str]:
     from ane_diffusion.distill import DistillConfig, distill_progressive
 
     work = Path(args.work)
-    cfg = DistillConfig(model=stage1, output=str(work / "progressive"), data=str(training_images(args)),
-                        cache_dir=str(work / "cache"), updates=args.progressive_updates, batch_size=args.batch_size,
-                        lr=args.lr, warmup=min(100, args.progressive_updates // 10), ema_decay=0.999, seed=0,
-                        start_steps=args.progressive_from, target_steps=args.progressive_to, w_power=args.w_power,
-                        checkpoint_every=10_000, progress=False, overwrite=True)
-    return [str(path) for path in distill_progressive(cfg)]
+
+    def run(model: str, output: str, updates: int, start: int, target: int) -> list[str]:
+        cfg = DistillConfig(model=model, output=str(work / output), data=str(training_images(args)),
+                            cache_dir=str(work / "cache"), updates=updates, batch_size=args.batch_size, lr=args.lr,
+                            warmup=min(100, updates // 10), ema_decay=0.999, seed=0, start_steps=start,
+                            target_steps=target, w_power=args.w_power,
+                            prediction_type=args.progressive_prediction_type,
+                            checkpoint_every=10_000, progress=False, overwrite=True)
+        return [str(path) for path in distill_progressive(cfg)]
+
+    first = args.first_phase_updates
+    if first is None or first == args.progressive_updates:
+        return run(stage1, "progressive", args.progressive_updates, args.progressive_from, args.progressive_to)
+    halved = run(stage1, "progressive-first", first, args.progressive_from, args.progressive_from // 2)
+    if args.progressive_from // 2 <= args.progressive_to:
+        return halved
+    return halved + run(halved[-1], "progressive", args.progressive_updates, args.progressive_from // 2,
+                        args.progressive_to)
 
 
 def trial_prompts(args) -> list[str]:
@@ -111,6 +126,11 @@ def main(argv=None) -> int:
                    help="with --progressive-to: stage 2 from the trained (or first --student) stage-1 model")
     p.add_argument("--progressive-to", type=int, default=None)
     p.add_argument("--progressive-updates", type=int, default=400)
+    p.add_argument("--first-phase-updates", type=int, default=None,
+                   help="updates of stage 2's first phase (the one that switches an epsilon student to v); "
+                   "default: --progressive-updates")
+    p.add_argument("--progressive-prediction-type", default="v_prediction", choices=PREDICTION_TYPES,
+                   help="the stage-2 students' parameterisation (default %(default)s)")
     p.add_argument("--prompts", type=int, default=None,
                    help="N train-split scenes chosen as the quality harness chooses them (default: 4 fixed prompts)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per prompt (default %(default)s)")
