@@ -59,7 +59,7 @@ def train(args) -> str:
                         guidance_lr_scale=args.guidance_lr_scale,
                         guidance_embedding_scale=args.embedding_scale, prediction_type=args.prediction_type,
                         loss_weighting=args.loss_weighting, w_power=args.w_power,
-                        checkpoint_every=10_000,
+                        init_student=args.init_student, checkpoint_every=10_000,
                         progress=False, overwrite=True)
     return str(distill_guidance(cfg))
 
@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--w-max", type=float, default=None,
                    help="top of the trained w range (default: the largest of --ws)")
     p.add_argument("--ws", type=float, nargs="+", default=[0.0, 1.0, 3.0, 6.0])
+    p.add_argument("--init-student", default=None,
+                   help="--train starts from this stage-1 student (e.g. one trained at w = 0 only)")
     p.add_argument("--w-power", type=float, default=1.0, help="training draws w = w_min + (w_max - w_min) u^P")
     p.add_argument("--progressive-from", type=int, default=16,
                    help="with --progressive-to: stage 2 from the trained (or first --student) stage-1 model")

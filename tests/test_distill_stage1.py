@@ -115,6 +115,32 @@ def test_student_bundle_and_card(run):
     assert {"loss", "lr", "updates_per_s", "phase", "update"} <= set(log[0])
 
 
+def test_a_run_can_start_from_an_earlier_student(run, tmp_path):
+    cfg, student_path = run
+    again = DistillConfig(**{**cfg.to_dict(), "output": str(tmp_path / "again"), "init_student": str(student_path),
+                             "updates": 2, "lr": 1e-12, "cache_dir": f"{cfg.output}/cache"})
+    continued = load_components(resolve_bundle(distill_guidance(again))).unet.state_dict()
+    earlier = load_components(resolve_bundle(student_path)).unet.state_dict()
+    fresh = add_guidance_input(load_components(resolve_bundle(cfg.model)).unet, EMBEDDING_DIM).state_dict()
+    assert continued.keys() == earlier.keys()
+    for name, value in continued.items():
+        torch.testing.assert_close(value, earlier[name], rtol=0, atol=1e-8)
+    assert max((fresh[k] - earlier[k]).abs().max().item() for k in fresh) > 1e-4  # not the teacher's init
+    assert resolve_bundle(again.output + "/student").card.training["settings"]["init_student"] == str(student_path)
+
+
+def test_init_student_must_be_a_matching_stage1_student(run, tmp_path):
+    cfg, student_path = run
+    base = {**cfg.to_dict(), "output": str(tmp_path / "bad"), "updates": 1, "cache_dir": f"{cfg.output}/cache"}
+    with pytest.raises(ValueError, match="is a teacher model; it must be a guidance-distilled"):
+        distill_guidance(DistillConfig(**{**base, "init_student": cfg.model}))
+    assert not (tmp_path / "bad").exists()  # refused before the run folder is made
+    with pytest.raises(ValueError, match="embeds w with dim 256, scale 1; this run uses dim 128"):
+        distill_guidance(DistillConfig(**{**base, "init_student": str(student_path), "guidance_embedding_dim": 128}))
+    with pytest.raises(ValueError, match="cannot be combined with --lora-rank"):
+        DistillConfig(**{**base, "init_student": str(student_path), "lora_rank": 4}).check("guidance")
+
+
 FIDELITY_W = (0.0, 1.0, 2.0, 4.0)
 
 

@@ -81,6 +81,9 @@ def register(subparsers) -> None:
                    help="the new guidance input learns at lr x this (default %(default)s; see docs/training.md)")
     g.add_argument("--loss-weighting", choices=("truncated_snr", "sqrt_truncated_snr", "x"), default="truncated_snr",
                    help="per-sample weight of the x-space error (default %(default)s: max(SNR, 1), as in the paper)")
+    g.add_argument("--init-student", default=None, metavar="BUNDLE",
+                   help="start from this stage-1 student of the same teacher instead of the teacher's UNet "
+                        "(e.g. one trained at w = 0 only, to continue with the full w range)")
     _w_power(g)
     _common(g)
     g.set_defaults(run=run)
@@ -140,7 +143,7 @@ def config_from_args(args):
                          "prediction_type": args.prediction_type, "guidance_embedding_dim": args.guidance_embedding_dim,
                          "guidance_embedding_scale": args.guidance_embedding_scale,
                          "guidance_lr_scale": args.guidance_lr_scale, "loss_weighting": args.loss_weighting,
-                         "w_power": args.w_power}
+                         "w_power": args.w_power, "init_student": args.init_student}
                         if args.stage == "guidance" else
                         {"model": args.student, "start_steps": args.start_steps, "target_steps": args.target_steps,
                          "prediction_type": args.prediction_type, "w_power": args.w_power})

@@ -32,7 +32,8 @@ RUN_ONLY_FIELDS = ("output", "cache_dir", "resume", "overwrite", "progress", "ch
 (the run folder may have moved, and checkpoint/log frequency does not change the result)."""
 
 STAGE_FIELDS = {"guidance": ("w_min", "w_max", "prediction_type", "guidance_embedding_dim",
-                             "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting", "w_power"),
+                             "guidance_embedding_scale", "guidance_lr_scale", "loss_weighting", "w_power",
+                             "init_student"),
                 "progressive": ("start_steps", "target_steps", "prediction_type", "w_power"),
                 "decoder": ("decoder_students", "student_w", "feature_weight", "encoder_weight", "edge_weight",
                             "samples_per_student", "tiny_width")}
@@ -82,6 +83,10 @@ class DistillConfig:
     little: at the shared fine-tuning lr the student barely responds to w (issue 11)."""
     loss_weighting: str = "truncated_snr"
     """Per-sample weight of the x-space error: a key of ``distill.targets.LOSS_WEIGHTINGS``."""
+    init_student: Optional[str] = None
+    """A guidance-distilled student of the same teacher to start from instead of the teacher's UNet
+    (continue a run with another w range or parameterisation). Its guidance embedding size and
+    scale must match this run's."""
 
     # stages 1 and 2
     w_power: float = 1.0
@@ -233,6 +238,8 @@ class DistillConfig:
         if not self.guidance_embedding_scale > 0 or not math.isfinite(self.guidance_embedding_scale):
             raise ValueError(f"--guidance-embedding-scale must be a finite number > 0, got "
                              f"{self.guidance_embedding_scale}")
+        if self.init_student and self.lora_rank:
+            raise ValueError("--init-student continues a full fine-tune; it cannot be combined with --lora-rank")
         if self.guidance_embedding_dim < 2:
             raise ValueError(f"--guidance-embedding-dim must be >= 2, got {self.guidance_embedding_dim}")
 

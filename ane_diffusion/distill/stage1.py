@@ -112,6 +112,26 @@ def guidance_card(teacher_bundle, cfg: DistillConfig, summary: dict, data_summar
                     f"for any w in [{cfg.w_min}, {cfg.w_max}] (guidance_scale = 1 + w)").validate()
 
 
+def initial_student_bundle(cfg: DistillConfig):
+    """The bundle of ``cfg.init_student`` (None without one), checked before anything is written.
+
+    Raises ValueError (one line) for a teacher, a stage-2 student, or another embedding size or scale.
+    """
+    if not cfg.init_student:
+        return None
+    start = resolve_bundle(cfg.init_student)
+    card = start.card
+    if card.kind != "guidance-distilled":
+        raise ValueError(f"--init-student {cfg.init_student} is a {card.kind} model; it must be a "
+                         "guidance-distilled (stage-1) student")
+    if (card.guidance_embedding_dim, card.guidance_embedding_scale) != (cfg.guidance_embedding_dim,
+                                                                        cfg.guidance_embedding_scale):
+        raise ValueError(f"--init-student {cfg.init_student} embeds w with dim {card.guidance_embedding_dim}, "
+                         f"scale {card.guidance_embedding_scale:g}; this run uses dim {cfg.guidance_embedding_dim}, "
+                         f"scale {cfg.guidance_embedding_scale:g}")
+    return start
+
+
 def distill_guidance(cfg: DistillConfig) -> Path:
     """Run stage 1 and return the student bundle's folder ``OUTPUT/student``."""
     from ..student import add_guidance_input
@@ -123,6 +143,7 @@ def distill_guidance(cfg: DistillConfig) -> Path:
         raise ValueError(f"--teacher {cfg.model} is already a {bundle.card.kind} student; stage 1 needs a "
                          "classifier-free-guided teacher")
     check_data(cfg)  # before the run folder exists
+    start = initial_student_bundle(cfg)
     engine = Engine(cfg, LABEL)
     components = load_components(bundle, device=engine.device)
     data = engine.training_set(bundle, components)
@@ -132,6 +153,9 @@ def distill_guidance(cfg: DistillConfig) -> Path:
         student = student_lora.add_lora(student_lora.guidance_base(components.unet, cfg.guidance_embedding_dim),
                                         cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).train()
         teacher = student_lora.BaseView(student)
+    elif start is not None:
+        student = load_components(start, device=engine.device).unet.train().requires_grad_(True)
+        teacher = freeze(components.unet, engine.half_dtype)
     else:
         student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)
         teacher = freeze(components.unet, engine.half_dtype)
