@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--sweep-prompts", type=int, default=32,
-                        help="prompts (one seed each) per split and student for the PSNR sweep over w")
+                        help="prompts (one seed each) per split and student for the PSNR sweep over w (0: no sweep)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if str(ROOT) not in sys.path:
@@ -272,7 +272,8 @@ def main(argv=None) -> int:
                           "noise_flips": flips(paired_rows({"full": correct["full"],
                                                             "tiny": read_as_prompted(evaluator, noisy, per_image)},
                                                            groups))})
-            sweep.append(w_sweep_row(pipe, prompts[:args.sweep_prompts], steps, split))
+            if args.sweep_prompts > 0:
+                sweep.append(w_sweep_row(pipe, prompts[:args.sweep_prompts], steps, split))
             print(f"[decoder-quality] {steps} steps {split}: done", flush=True)
     pairs_png([p for ps in pairs for p in ps], args.out / "pairs.png")
     flips_png(flip_strips, args.out / "flips.png")
