@@ -84,9 +84,9 @@ class DistillConfig:
     loss_weighting: str = "truncated_snr"
     """Per-sample weight of the x-space error: a key of ``distill.targets.LOSS_WEIGHTINGS``."""
     init_student: Optional[str] = None
-    """A guidance-distilled student of the same teacher to start from instead of the teacher's UNet
-    (continue a run with another w range or parameterisation). Its guidance embedding size and
-    scale must match this run's."""
+    """A guidance-distilled student (normally of the same teacher; not checked) to start from instead
+    of the teacher's UNet, to continue a run with another w range or parameterisation. Its guidance
+    embedding size and scale must match this run's."""
 
     # stages 1 and 2
     w_power: float = 1.0

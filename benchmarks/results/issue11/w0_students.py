@@ -10,20 +10,17 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, ".")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ane_diffusion import load_pipeline  # noqa: E402
 from benchmarks.quality.harness import choose_scenes  # noqa: E402
 from benchmarks.quality.wsweep import as_arrays, sweep_images  # noqa: E402
-
-
-def distance(images, reference):
-    per_image = np.abs(images.astype(np.float64) - reference).mean(axis=(1, 2, 3))
-    return {"mean": float(per_image.mean()), "median": float(np.median(per_image)),
-            "over_15": int((per_image > 15).sum())}
+from w0_sensitivity import distance  # noqa: E402
 
 
 def main() -> None:
