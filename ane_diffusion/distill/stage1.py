@@ -153,11 +153,10 @@ def distill_guidance(cfg: DistillConfig) -> Path:
         student = student_lora.add_lora(student_lora.guidance_base(components.unet, cfg.guidance_embedding_dim),
                                         cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).train()
         teacher = student_lora.BaseView(student)
-    elif start is not None:
-        student = load_components(start, device=engine.device).unet.train().requires_grad_(True)
-        teacher = freeze(components.unet, engine.half_dtype)
     else:
-        student = add_guidance_input(components.unet, cfg.guidance_embedding_dim).train().requires_grad_(True)
+        initial = (load_components(start, device=engine.device).unet if start is not None
+                   else add_guidance_input(components.unet, cfg.guidance_embedding_dim))
+        student = initial.train().requires_grad_(True)
         teacher = freeze(components.unet, engine.half_dtype)
     loss = GuidanceLoss(teacher, bundle.schedule, bundle.card.prediction_type, cfg.prediction_type,
                         GuidanceEmbedding(cfg.guidance_embedding_dim, cfg.guidance_embedding_scale), cfg.w_min,
