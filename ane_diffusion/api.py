@@ -78,12 +78,15 @@ def generate(prompts: Sequence[str] | str, model: Optional[str] = None, backend:
              seed: int = 0, num_images: int = 1, height: Optional[int] = None, width: Optional[int] = None,
              negative_prompt: str = "", output: Optional[Path] = None, progress: bool = False,
              pipeline: Optional[Pipeline] = None, decoder: Optional[str] = None,
-             student_lora: Optional[str] = None, **backend_options) -> Result:
+             student_lora: Optional[str] = None, clamp: bool = False, **backend_options) -> Result:
     """Text to image. ``w`` is the paper's guidance weight (``guidance_scale = 1 + w``).
     ``student_lora``: a student adapter applied to ``model`` (see :func:`load_pipeline`).
 
     ``decoder``: ``tiny`` (the model's distilled tiny decoder), ``full`` (its VAE), or None (tiny
     when the model has one); a model without a tiny decoder asked for one raises ``GenerationError``.
+    ``clamp``: clip each step's x estimate to the data latents' range in the model card (stops the
+    colour burn of few-step students at high w; see :mod:`ane_diffusion.latent_range`); a card
+    without a range raises ``GenerationError``.
 
     With ``output``, PNGs are written (see :func:`ane_diffusion.images.output_paths`) and their
     paths are added to each image's metadata under ``"path"``.
@@ -92,7 +95,8 @@ def generate(prompts: Sequence[str] | str, model: Optional[str] = None, backend:
     num_images = image_count(num_images)
     pipeline = pipeline or load_pipeline(model, backend, student_lora=student_lora, **backend_options)
     settings = Settings(steps=steps, w=w, sampler=sampler, seed=seed, num_images=num_images,
-                        height=height, width=width, negative_prompt=negative_prompt, decoder=decoder)
+                        height=height, width=width, negative_prompt=negative_prompt, decoder=decoder,
+                        clamp=clamp)
     if output is not None:
         check_writable(output_paths(Path(output), len(prompts) * num_images))
     return _write(pipeline.text_to_image(prompts, settings, progress=progress), output)
@@ -120,9 +124,9 @@ def edit(image, prompt: str, strength: float = 0.6, model: Optional[str] = None,
          steps: Optional[int] = None, w: Optional[float] = None, sampler: Optional[str] = None, seed: int = 0,
          num_images: int = 1, resize: bool = False, negative_prompt: str = "", output: Optional[Path] = None,
          progress: bool = False, pipeline: Optional[Pipeline] = None, decoder: Optional[str] = None,
-         **backend_options) -> Result:
+         clamp: bool = False, **backend_options) -> Result:
     """Image to image (SDEdit): ``image`` is a path or PIL image; see :mod:`ane_diffusion.editing`.
-    ``decoder`` picks the VAE decoder and encoder as in :func:`generate`."""
+    ``decoder`` and ``clamp`` as in :func:`generate`."""
     from .editing import EditSettings, Editor
 
     image = _open_image(image, "image")
@@ -131,7 +135,8 @@ def edit(image, prompt: str, strength: float = 0.6, model: Optional[str] = None,
         check_writable(output_paths(Path(output), num_images))
     pipeline = pipeline or load_pipeline(model, backend, **backend_options)
     settings = EditSettings(steps=steps, w=w, sampler=sampler, seed=seed, num_images=num_images,
-                            negative_prompt=negative_prompt, strength=strength, resize=resize, decoder=decoder)
+                            negative_prompt=negative_prompt, strength=strength, resize=resize, decoder=decoder,
+                            clamp=clamp)
     return _write(Editor(pipeline).image_to_image(image, prompt, settings, progress=progress), output)
 
 
@@ -139,9 +144,9 @@ def inpaint(image, mask, prompt: str, model: Optional[str] = None, backend: str 
             steps: Optional[int] = None, w: Optional[float] = None, sampler: Optional[str] = None, seed: int = 0,
             num_images: int = 1, resize: bool = False, negative_prompt: str = "", output: Optional[Path] = None,
             progress: bool = False, pipeline: Optional[Pipeline] = None, decoder: Optional[str] = None,
-            **backend_options) -> Result:
+            clamp: bool = False, **backend_options) -> Result:
     """Inpainting: regenerate the white region of ``mask``; the black region is kept. ``decoder``
-    picks the VAE decoder and encoder as in :func:`generate`."""
+    (VAE decoder and encoder) and ``clamp`` as in :func:`generate`."""
     from .editing import EditSettings, Editor
 
     image, mask = _open_image(image, "image"), _open_image(mask, "mask")
@@ -150,5 +155,5 @@ def inpaint(image, mask, prompt: str, model: Optional[str] = None, backend: str 
         check_writable(output_paths(Path(output), num_images))
     pipeline = pipeline or load_pipeline(model, backend, **backend_options)
     settings = EditSettings(steps=steps, w=w, sampler=sampler, seed=seed, num_images=num_images,
-                            negative_prompt=negative_prompt, resize=resize, decoder=decoder)
+                            negative_prompt=negative_prompt, resize=resize, decoder=decoder, clamp=clamp)
     return _write(Editor(pipeline).inpaint(image, mask, prompt, settings, progress=progress), output)

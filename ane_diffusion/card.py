@@ -42,6 +42,9 @@ class ModelCard:
     recommended_sampler: str = "ddim"
     recommended_steps: int = 4
     teacher: Optional[str] = None
+    latent_range: Optional[dict] = None
+    """Per-channel bounds of the training latents (:class:`~ane_diffusion.latent_range.LatentRange`
+    as a dict): what ``--clamp`` clips each step's x estimate to. None: not measured."""
     lineage: list = field(default_factory=list)
     training: dict = field(default_factory=dict)
     description: str = ""
@@ -59,6 +62,13 @@ class ModelCard:
         if not self.guidance_embedding_dim:
             return None
         return GuidanceEmbedding(int(self.guidance_embedding_dim), float(self.guidance_embedding_scale))
+
+    @property
+    def clamp_range(self):
+        """The card's :class:`~ane_diffusion.latent_range.LatentRange`; None when it records none."""
+        from .latent_range import LatentRange
+
+        return None if self.latent_range is None else LatentRange.from_dict(self.latent_range)
 
     def _check_types(self) -> None:
         """Each field holds its type: a card with ``"default_w": "3"`` is refused, not half-used."""
@@ -105,6 +115,12 @@ class ModelCard:
             raise CardError(f"card steps must be >= 1, got {self.steps}")
         if self.recommended_steps < 1:
             raise CardError(f"card recommended_steps must be >= 1, got {self.recommended_steps}")
+        from .latent_range import LatentRangeError
+
+        try:
+            self.clamp_range
+        except LatentRangeError as exc:
+            raise CardError(f"card {exc}") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -220,7 +220,7 @@ class Editor:
                 extra = np.concatenate([m, np.repeat(masked, s.num_images, axis=0)], axis=1)
         repeat = (lambda h: np.repeat(h, s.num_images, axis=0))
         denoise = pipe.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings,
-                                extra_channels=extra)
+                                extra_channels=extra, clamp=s.clamp)
         if mask is not None and not self.inpainting_unet:
             generate_region = denoise
 

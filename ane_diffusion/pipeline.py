@@ -43,6 +43,8 @@ class Settings:
     negative_prompt: str = ""
     decoder: Optional[str] = None
     """``tiny`` or ``full`` (see :mod:`ane_diffusion.decoders`); None: tiny when the model has one."""
+    clamp: bool = False
+    """Clip every step's x estimate to the card's ``latent_range`` (:mod:`ane_diffusion.latent_range`)."""
 
 
 @dataclass
@@ -106,6 +108,8 @@ class Pipeline:
         s.seed = seeds(s.seed, s.num_images)
         s.height, s.width = self._check_size(s.height, s.width)
         batch_pixels(s.num_images, s.height, s.width)
+        if s.clamp:
+            self._check_clamp()
         if not card.w_min <= s.w <= card.w_max:
             who = "student" if card.is_student else "model"
             raise GenerationError(f"w={s.w:g} is outside this {who}'s range [{card.w_min:g}, {card.w_max:g}] "
@@ -121,6 +125,15 @@ class Pipeline:
         for prompt in list(prompts) + [s.negative_prompt]:
             self.tokenizer.encode(prompt)  # raises PromptTooLongError
         return s
+
+    def _check_clamp(self) -> None:
+        bounds = self.card.clamp_range
+        if bounds is None:
+            raise GenerationError(f"--clamp needs the data latents' range, and the card of {self.bundle.source} "
+                                  "records none (students distilled by ane-diffusion from in-memory data carry one)")
+        if bounds.channels != self.bundle.latent_channels:
+            raise GenerationError(f"the card's latent_range has {bounds.channels} channels; the latents have "
+                                  f"{self.bundle.latent_channels}")
 
     def _check_size(self, height, width) -> tuple[int, int]:
         """``(height, width)``: None takes the model's size; others must be positive multiples of the
@@ -140,14 +153,16 @@ class Pipeline:
         return check_output(hidden, self.backend, "text_encoder", "the text encoder's output")
 
     def denoiser(self, cond: np.ndarray, uncond: Optional[np.ndarray], w: float, timings: Timings,
-                 extra_channels: Optional[np.ndarray] = None):
+                 extra_channels: Optional[np.ndarray] = None, clamp: bool = False):
         """``denoise(z, t) -> x_hat``: one student call, or one batch-2 guided teacher call.
 
         ``extra_channels`` (B, k, h, w) are appended to the UNet input (an inpainting UNet's mask
-        and masked-image latent); the estimate is of the first channels, the latent.
+        and masked-image latent); the estimate is of the first channels, the latent. ``clamp``:
+        ``x_hat`` is clipped to the card's latent range (static thresholding).
         """
         kind = self.card.prediction_type
         student = self.card.is_student
+        bounds = self.card.clamp_range if clamp else None
         calls = [0]
 
         def denoise(z: np.ndarray, t: int) -> np.ndarray:
@@ -168,7 +183,8 @@ class Pipeline:
             check_output(out, self.backend, "unet", what)
             timings.unet_calls += 1
             alpha, sigma = self.schedule.alpha_sigma(t)
-            return to_x0(out, z, alpha, sigma, kind).astype(np.float32)
+            x0 = to_x0(out, z, alpha, sigma, kind).astype(np.float32)
+            return x0 if bounds is None else bounds.clamp(x0)
 
         return denoise
 
@@ -222,7 +238,8 @@ class Pipeline:
                 cond = self.encode_prompts([prompt], timings)
                 z, sources = batch_noise(s.seed, s.num_images, latent_shape)
                 repeat = (lambda h: np.repeat(h, s.num_images, axis=0))
-                denoise = self.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings)
+                denoise = self.denoiser(repeat(cond), repeat(uncond) if uncond is not None else None, s.w, timings,
+                                        clamp=s.clamp)
                 x = self.sample(denoise, z, s.sampler, timesteps, sources, bar)
                 images += to_pil(self.decode(x, timings, s.decoder))
                 metadata += [self.metadata(prompt, s, s.seed + i) for i in range(s.num_images)]
@@ -233,7 +250,7 @@ class Pipeline:
         return {"prompt": prompt, "negative_prompt": s.negative_prompt, "seed": seed, "steps": s.steps,
                 "w": s.w, "guidance_scale": guidance_scale_from_w(s.w), "sampler": s.sampler,
                 "height": s.height, "width": s.width, "model": self.bundle.source, "model_kind": self.card.kind,
-                "backend": self.backend.name, "decoder": s.decoder or "full",
+                "backend": self.backend.name, "decoder": s.decoder or "full", "clamp": bool(s.clamp),
                 "generator": "ane-diffusion"} | self._lora_metadata()
 
     def _lora_metadata(self) -> dict:

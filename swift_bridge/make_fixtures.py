@@ -29,6 +29,7 @@ Deterministic: the same package gives the same files. What is written:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -391,7 +392,7 @@ def pipeline_fixtures(out: Path, tokenizer_dir: Path) -> None:
             resolved = pipeline.resolve(prompts, settings)
         settings_dict = {"steps": settings.steps, "w": settings.w, "sampler": settings.sampler,
                          "seed": settings.seed, "image_count": settings.num_images,
-                         "negative_prompt": settings.negative_prompt}
+                         "negative_prompt": settings.negative_prompt, "clamp": settings.clamp}
         contract = contract_for(card, height=8, width=8, latent=(4, 4, 4), hidden=backend.hidden_size,
                                 unet_batch=1 if card.is_student else 2)
         cases.append({
@@ -404,7 +405,7 @@ def pipeline_fixtures(out: Path, tokenizer_dir: Path) -> None:
             "images": [{"width": image.width, "height": image.height, "rgb": list(image.tobytes())}
                        for image in result.images],
             "metadata": [{k: m[k] for k in ("prompt", "negative_prompt", "seed", "steps", "w", "guidance_scale",
-                                             "sampler", "height", "width", "model_kind", "generator")}
+                                             "sampler", "height", "width", "model_kind", "clamp", "generator")}
                          for m in result.metadata],
         })
 
@@ -416,6 +417,16 @@ def pipeline_fixtures(out: Path, tokenizer_dir: Path) -> None:
         ["an astronaut riding a horse", "a blue car"], Settings(steps=4, seed=2**32 - 2, num_images=2))
     run("student-negative-ignored", make_card("guidance-distilled", "epsilon", steps=2, default_w=2.0),
         ["a dog"], Settings(seed=3, steps=1, negative_prompt="ugly", sampler="stochastic"))
+    # Bounds the scripted UNet's estimates cross in every channel, so the clamp changes the trajectory.
+    narrow = {"low": [-0.6, -0.45, -0.5, -0.3], "high": [0.5, 0.4, 0.55, 0.35], "percentiles": [0.05, 99.95],
+              "examples": 16}
+    clamped = dataclasses.replace(make_card("progressive", "epsilon", steps=4, default_w=6.0), latent_range=narrow)
+    run("student-clamped", clamped.validate(), ["a red circle at the top left"],
+        Settings(seed=11, num_images=2, clamp=True))
+    run("student-range-unused", clamped.validate(), ["a red circle at the top left"], Settings(seed=11, num_images=2))
+    run("teacher-clamped-stochastic",
+        dataclasses.replace(make_card("teacher", "v_prediction"), latent_range=narrow).validate(),
+        ["a photo of a cat"], Settings(sampler="stochastic", steps=2, w=4.0, seed=5, clamp=True))
     write_json(out / "pipeline.json", {"cases": cases})
 
 

@@ -109,6 +109,16 @@ def test_student_bundle_and_card(run):
     assert training["settings"]["w_power"] == 1.0 and "edge_weight" not in training["settings"]
     assert training["data"]["examples"] == 12
     assert student.configs["scheduler"]["prediction_type"] == "v_prediction"
+    # The range --clamp uses: the training latents' per-channel percentiles, measured on the cache.
+    from ane_diffusion.latent_range import LatentRange
+
+    components = load_components(resolve_bundle(cfg.model))
+    latents = load_training_set(cfg, resolve_bundle(cfg.model), components, f"{cfg.output}/cache", "cpu").latents
+    expected = LatentRange.from_latents(latents)
+    assert card.clamp_range.examples == 12 and np.allclose(card.clamp_range.low, expected.low)
+    assert np.allclose(card.clamp_range.high, expected.high)
+    assert all(float(latents[:, c].min()) <= lo < hi <= float(latents[:, c].max())
+               for c, (lo, hi) in enumerate(zip(card.clamp_range.low, card.clamp_range.high)))
     assert student.configs["unet"]["time_cond_proj_dim"] == EMBEDDING_DIM
     log = [json.loads(line) for line in (student_path.parent / "log.jsonl").read_text().splitlines()]
     assert [r["update"] for r in log] == list(range(10, 121, 10))

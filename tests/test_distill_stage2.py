@@ -33,9 +33,16 @@ def write_dataset(folder, count=12):
     return folder
 
 
+STAGE1_RANGE = {"low": [-1.5, -2.0, -1.0, -0.5], "high": [1.0, 2.5, 1.5, 0.75], "percentiles": [0.05, 99.95],
+                "examples": 12}
+
+
 def distill_tiny(root, stage1_prediction_type: str, lr: float):
     """A 4-step stage-1 student (tiny, random) -> a 2-step student (default: v), 60 updates."""
     student = make_tiny_bundle(root / "stage1", student=True, prediction_type=stage1_prediction_type)
+    card = resolve_bundle(student).card
+    card.latent_range = STAGE1_RANGE
+    card.save(student)
     cfg = DistillConfig(model=str(student), output=str(root / "run"), data=str(write_dataset(root / "images")),
                         start_steps=4, target_steps=2, updates=60, lr=lr, batch_size=4, progress=False)
     return cfg, distill_progressive(cfg)
@@ -86,6 +93,7 @@ def test_phase_bundle_card_and_chaining(run, tmp_path):
     assert card.training["teacher_steps"] == 4 and card.training["updates"] == 60
     assert card.training["settings"]["target_steps"] == 2 and "w_min" not in card.training["settings"]
     assert card.training["settings"]["w_power"] == 1.0
+    assert card.latent_range == STAGE1_RANGE  # --clamp's bounds come down the lineage
     log = [json.loads(line) for line in (paths[0].parent / "log.jsonl").read_text().splitlines()]
     assert {r["phase"] for r in log} == {"steps-2"}
     # A phase bundle is a valid input for the next halving; its step count is taken from the card.

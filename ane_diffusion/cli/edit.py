@@ -24,6 +24,6 @@ def run(args) -> int:
 
     result = edit(args.image, args.prompt, strength=args.strength, model=args.model, backend=args.backend,
                   steps=args.steps, w=args.w, sampler=args.sampler, seed=args.seed, num_images=args.num_images,
-                  resize=args.resize, negative_prompt=args.negative_prompt, decoder=args.decoder, output=args.output,
-                  progress=not args.quiet, **backend_options(args))
+                  resize=args.resize, negative_prompt=args.negative_prompt, decoder=args.decoder, clamp=args.clamp,
+                  output=args.output, progress=not args.quiet, **backend_options(args))
     return report(result, args)

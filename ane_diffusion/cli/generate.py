@@ -27,6 +27,9 @@ def add_common_options(p, default_output: str, samplers=SAMPLERS, sizes: bool = 
     p.add_argument("--decoder", choices=("tiny", "full"), default=None,
                    help="VAE decoder (and encoder): the model's distilled tiny one or its full VAE "
                         "(default: tiny when the model has one)")
+    p.add_argument("--clamp", action="store_true",
+                   help="clip each step's x estimate to the data latents' range recorded in the model card "
+                        "(static thresholding: stops the colour burn of few-step students at high w)")
     p.add_argument("--backend", choices=("torch", "coreml"), default="torch")
     p.add_argument("--device", default=None, help="torch device (default: mps, then cuda, then cpu)")
     p.add_argument("--vae-precision", choices=("auto", "float16", "float32"), default="auto",
@@ -84,7 +87,8 @@ def report(result, args) -> int:
     return 0
 
 
-FROM_PNG_FIELDS = ("negative_prompt", "seed", "steps", "w", "sampler", "height", "width", "model", "decoder")
+FROM_PNG_FIELDS = ("negative_prompt", "seed", "steps", "w", "sampler", "height", "width", "model", "decoder",
+                   "clamp")
 
 
 def apply_png_settings(args) -> None:
@@ -112,6 +116,7 @@ def run(args) -> int:
         raise ValueError("no prompt given (pass one or more prompts, or --from-png FILE)")
     result = generate(args.prompts, model=args.model, backend=args.backend, steps=args.steps, w=args.w,
                       sampler=args.sampler, seed=args.seed, num_images=args.num_images, height=args.height,
-                      width=args.width, negative_prompt=args.negative_prompt, decoder=args.decoder, output=args.output,
-                      progress=not args.quiet, student_lora=args.student_lora, **backend_options(args))
+                      width=args.width, negative_prompt=args.negative_prompt, decoder=args.decoder, clamp=args.clamp,
+                      output=args.output, progress=not args.quiet, student_lora=args.student_lora,
+                      **backend_options(args))
     return report(result, args)

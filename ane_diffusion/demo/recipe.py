@@ -163,6 +163,7 @@ class Recipe:
         from diffusers import AutoencoderKL
 
         from ..card import ModelCard
+        from ..latent_range import LatentRange
         from ..torch_models import TorchComponents, save_bundle
         from ..tokenizer import CLIPTokenizer
         from .configs import scheduler_config, text_encoder_config, tokenizer_files
@@ -184,6 +185,7 @@ class Recipe:
         vae_summary = json.loads((self.work / "vae" / "training.json").read_text())
         card = ModelCard(kind="teacher", prediction_type="epsilon", w_min=0.0, w_max=s.w_max * 2,
                          default_w=s.default_w, recommended_sampler="ddim", recommended_steps=64,
+                         latent_range=LatentRange.from_latents(latents).to_dict(),
                          description="ane-diffusion demo teacher: captioned shape scenes, 32x32, trained here",
                          training={"teacher": summary, "vae": vae_summary, "text_encoder": text_summary,
                                    "recipe": asdict(s),

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from ..bundle import resolve_bundle
 from ..card import ModelCard
@@ -96,15 +96,26 @@ class GuidanceLoss:
         return self.loss_at(student, z, t, batch.cond, batch.uncond, w)
 
 
-def guidance_card(teacher_bundle, cfg: DistillConfig, summary: dict, data_summary: dict) -> ModelCard:
-    """The stage-1 student's card: w range, embedding size, lineage and the training summary."""
+def training_latent_range(data, teacher_card: ModelCard) -> Optional[dict]:
+    """The ``latent_range`` for the student's card: measured on the in-memory training latents
+    (:class:`~ane_diffusion.latent_range.LatentRange`), else (streamed shards) the teacher's, if any."""
+    from ..latent_range import LatentRange
+
+    latents = getattr(data, "latents", None)
+    return LatentRange.from_latents(latents).to_dict() if latents is not None else teacher_card.latent_range
+
+
+def guidance_card(teacher_bundle, cfg: DistillConfig, summary: dict, data_summary: dict,
+                  latent_range: Optional[dict] = None) -> ModelCard:
+    """The stage-1 student's card: w range, embedding size, lineage, the training latents' range
+    and the training summary."""
     teacher = teacher_bundle.card
     return ModelCard(
         kind="guidance-distilled", prediction_type=cfg.prediction_type, steps=None,
         w_min=cfg.w_min, w_max=cfg.w_max, default_w=min(max(teacher.default_w, cfg.w_min), cfg.w_max),
         guidance_embedding_dim=cfg.guidance_embedding_dim, guidance_embedding_scale=cfg.guidance_embedding_scale,
         recommended_sampler=teacher.recommended_sampler,
-        recommended_steps=teacher.recommended_steps, teacher=teacher_bundle.source,
+        recommended_steps=teacher.recommended_steps, teacher=teacher_bundle.source, latent_range=latent_range,
         lineage=list(teacher.lineage) + [lineage_entry(teacher, teacher_bundle.source)],
         training={"stage": "guidance", **summary, "data": data_summary, "settings": cfg.settings_for("guidance"),
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")},
@@ -163,7 +174,7 @@ def distill_guidance(cfg: DistillConfig) -> Path:
                         cfg.w_max, engine.autocast, cfg.loss_weighting, cfg.w_power)
     result = engine.train_phase(PHASE_INDEX, LABEL, student, loss, data,
                                 lr_scales={GUIDANCE_INPUT: cfg.guidance_lr_scale})
-    card = guidance_card(bundle, cfg, result.summary, data.summary())
+    card = guidance_card(bundle, cfg, result.summary, data.summary(), training_latent_range(data, bundle.card))
     path = Path(cfg.output) / STUDENT_DIR
     unet = result.model
     if cfg.lora_rank:

@@ -134,6 +134,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--decoder", choices=("tiny", "full"), default=None,
                         help="VAE decoder of every row (default: each model's own: tiny when it has one)")
+    parser.add_argument("--clamp", action="store_true",
+                        help="every row clips its x estimates to its card's latent range (ane_diffusion.latent_range)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--evaluator", type=Path, default=DEFAULT_DIR, help="evaluator folder")
     parser.add_argument("--trust-images", type=int, help="fresh real images per split for the evaluator's "
@@ -263,9 +265,10 @@ def measure(evaluator: Evaluator, images: np.ndarray, scenes: Sequence[Scene], r
 class Generator:
     """Loads each bundle once, warms it up once, then generates rows with shared settings."""
 
-    def __init__(self, backend: str, w: float, seed: int, images_per_prompt: int, decoder: str | None = None):
+    def __init__(self, backend: str, w: float, seed: int, images_per_prompt: int, decoder: str | None = None,
+                 clamp: bool = False):
         self.backend, self.w, self.seed, self.images_per_prompt = backend, w, seed, images_per_prompt
-        self.decoder = decoder
+        self.decoder, self.clamp = decoder, clamp
         self._pipelines: dict[Path, object] = {}
         self._images: dict[tuple, list] = {}
         """(bundle, steps, w, prompts, seeds) -> images: the w sweep reuses the main table's."""
@@ -284,7 +287,7 @@ class Generator:
 
         w = self.w if w is None else w
         settings = Settings(steps=steps, w=w, sampler="ddim", seed=self.seed, num_images=self.images_per_prompt,
-                            decoder=self.decoder)
+                            decoder=self.decoder, clamp=self.clamp)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="this student was distilled for")
             return text_to_image_distinct(pipe, prompts, settings)
@@ -462,7 +465,9 @@ def markdown_report(record: dict) -> str:
     sizes = ", ".join(f"{split}: {len(t['prompts'])} prompts x {t.get('images_per_prompt', s['images_per_prompt'])} "
                       f"images" for split, t in record["tables"].items())
     lines += [f"{record['date']} on {record['machine']['platform']} ({s['backend']} backend, "
-              f"{s['threads']} thread(s)); w = {s['w']}, DDIM; {sizes}, every image its own noise seed"
+              f"{s['threads']} thread(s)); w = {s['w']}, DDIM"
+              f"{', x estimates clamped to the latent range (--clamp)' if s.get('clamp') else ''}; {sizes}, every "
+              "image its own noise seed"
               f"{' (quick mode)' if s['quick'] else ''}.", "",
               "Accuracy: fraction of generated images the attribute evaluator reads as the prompt's attribute "
               "(all five: every attribute right), with its 95% bootstrap interval (prompts resampled). Frechet: "
@@ -597,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[quality] WARNING: evaluator below {TRUST_THRESHOLD:.0%} on real images: metric untrusted",
               file=sys.stderr)
 
-    generator = Generator(args.backend, w, args.seed, 1, args.decoder)
+    generator = Generator(args.backend, w, args.seed, 1, args.decoder, args.clamp)
     tables, grids, sweep = {}, {}, None
     for split in SPLITS:
         scenes = choose_scenes(split, args.num_prompts, args.seed)
@@ -655,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "sweep_teacher_steps": args.sweep_teacher_steps, "sweep_stage1_steps": args.sweep_stage1_steps,
                      "teacher_steps": list(args.teacher_steps), "progressive_steps": list(args.progressive_steps),
                      "backend": args.backend, "threads": args.threads, "quick": args.quick,
-                     "decoder": args.decoder or "each model's default",
+                     "decoder": args.decoder or "each model's default", "clamp": args.clamp,
                      "evaluator": str(args.evaluator)},
         "evaluator": {"trusted": trusted, "threshold": TRUST_THRESHOLD, "stored_accuracy": evaluator.stored_accuracy,
                       "trust_check": {"images_per_split": args.trust_images, "accuracy": trust}},

@@ -11,6 +11,7 @@ let usage = """
     usage: ane-diffusion-example [--export FOLDER] [--prompt TEXT] [--output FILE.png] [--steps N]
                                  [--w W] [--seed S] [--sampler ddim|stochastic|lcm] [--images N]
                                  [--compute-units all|cpuAndNeuralEngine|cpuAndGPU|cpuOnly] [--reduce-memory]
+                                 [--clamp]
     """
 
 struct Options {
@@ -50,6 +51,7 @@ struct Options {
                 guard let units = ComputeUnits(rawValue: name) else { throw ExampleError("unknown compute units \(name)") }
                 computeUnits = units
             case "--reduce-memory": reduceMemory = true
+            case "--clamp": settings.clamp = true
             case "-h", "--help": throw ExampleError(usage)
             default: throw ExampleError("unknown argument \(flag)\n\(usage)")
             }

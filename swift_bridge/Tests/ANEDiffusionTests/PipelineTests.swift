@@ -12,6 +12,7 @@ final class PipelineTests: XCTestCase {
             let seed: UInt32
             let image_count: Int
             let negative_prompt: String
+            let clamp: Bool
         }
         struct Resolved: Decodable { let steps: Int; let w: Double; let sampler: String; let negative_prompt: String }
         struct Encode: Decodable { let ids: [Int]; let hidden_shape: [Int]; let hidden: [Double] }
@@ -60,7 +61,7 @@ final class PipelineTests: XCTestCase {
 
     func testPipelineMatchesPython() throws {
         let golden = try Fixtures.load(Golden.self, "pipeline.json")
-        XCTAssertEqual(golden.cases.count, 4)
+        XCTAssertEqual(golden.cases.count, 7)
         for c in golden.cases {
             let encoder = ReplayTextEncoder(c.encode_calls)
             let unet = ReplayUNet(c.predict_calls, label: c.name)
@@ -70,11 +71,13 @@ final class PipelineTests: XCTestCase {
                                              decoder: decoder)
             let s = c.settings
             let settings = GenerationSettings(steps: s.steps, w: s.w, sampler: s.sampler.flatMap(Sampler.init(rawValue:)),
-                                              seed: s.seed, imageCount: s.image_count, negativePrompt: s.negative_prompt)
+                                              seed: s.seed, imageCount: s.image_count, negativePrompt: s.negative_prompt,
+                                              clamp: s.clamp)
             let resolved = try pipeline.resolve(prompts: c.prompts, settings: settings)
             XCTAssertEqual([resolved.steps, Int(resolved.w * 1000)], [c.resolved.steps, Int(c.resolved.w * 1000)], c.name)
             XCTAssertEqual(resolved.sampler.rawValue, c.resolved.sampler, c.name)
             XCTAssertEqual(resolved.negativePrompt, c.resolved.negative_prompt, c.name)
+            XCTAssertEqual(resolved.clamp, s.clamp, c.name)
 
             var reports: [PipelineProgress] = []
             let result = try pipeline.generate(prompts: c.prompts, settings: settings) { reports.append($0); return true }

@@ -15,6 +15,7 @@ final class CoreMLPipelineTests: XCTestCase {
             let seed: UInt32
             let image_count: Int
             let negative_prompt: String
+            let clamp: Bool
         }
         struct Encode: Decodable { let ids: [Int]; let hidden_shape: [Int]; let hidden: [Double] }
         struct Predict: Decodable {
@@ -177,14 +178,14 @@ final class CoreMLPipelineTests: XCTestCase {
 
     func settings(_ s: Recording.Settings) -> GenerationSettings {
         GenerationSettings(steps: s.steps, w: s.w, sampler: s.sampler.flatMap(Sampler.init(rawValue:)), seed: s.seed,
-                           imageCount: s.image_count, negativePrompt: s.negative_prompt)
+                           imageCount: s.image_count, negativePrompt: s.negative_prompt, clamp: s.clamp)
     }
 
     /// Every recorded case through float32 exports (as the `apple-pipeline` target makes them):
     /// the same ids, latents, text states and pixels as Python, bit for bit in the images.
     func testExportFolderPipelineMatchesPython() throws {
         let (cases, contracts) = try recordedCases()
-        XCTAssertEqual(cases.count, 4)
+        XCTAssertEqual(cases.count, 7)
         for (recording, contract) in zip(cases, contracts) {
             StandInModels.reset()
             folder = try temporaryFolder(self)

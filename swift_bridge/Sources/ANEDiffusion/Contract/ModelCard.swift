@@ -42,6 +42,9 @@ public struct ModelCard: Codable, Equatable, Sendable {
     public var recommendedSampler: String
     public var recommendedSteps: Int
     public var teacher: String?
+    /// Per-channel bounds of the training latents, what ``GenerationSettings/clamp`` clips each
+    /// step's `x_hat` to (`nil`: not measured, as in cards written before the field existed).
+    public var latentRange: LatentRange?
     public var description: String
 
     public var isStudent: Bool { kind != .teacher }
@@ -49,7 +52,8 @@ public struct ModelCard: Codable, Equatable, Sendable {
     public init(kind: Kind, predictionType: PredictionType, steps: Int? = nil, wMin: Double = 0, wMax: Double = 14,
                 defaultW: Double = 6.5, guidanceEmbeddingDim: Int? = nil, guidanceEmbeddingScale: Double = 1000,
                 recommendedSampler: String = "ddim",
-                recommendedSteps: Int = 4, teacher: String? = nil, description: String = "") {
+                recommendedSteps: Int = 4, teacher: String? = nil, latentRange: LatentRange? = nil,
+                description: String = "") {
         self.kind = kind
         self.predictionType = predictionType
         self.steps = steps
@@ -61,6 +65,7 @@ public struct ModelCard: Codable, Equatable, Sendable {
         self.recommendedSampler = recommendedSampler
         self.recommendedSteps = recommendedSteps
         self.teacher = teacher
+        self.latentRange = latentRange
         self.description = description
     }
 
@@ -76,6 +81,7 @@ public struct ModelCard: Codable, Equatable, Sendable {
         case recommendedSampler = "recommended_sampler"
         case recommendedSteps = "recommended_steps"
         case teacher
+        case latentRange = "latent_range"
         case description
     }
 
@@ -101,6 +107,7 @@ public struct ModelCard: Codable, Equatable, Sendable {
                   recommendedSampler: try c.decodeIfPresent(String.self, forKey: .recommendedSampler) ?? "ddim",
                   recommendedSteps: try c.decodeIfPresent(Int.self, forKey: .recommendedSteps) ?? 4,
                   teacher: try c.decodeIfPresent(String.self, forKey: .teacher),
+                  latentRange: try c.decodeIfPresent(LatentRange.self, forKey: .latentRange),
                   description: try c.decodeIfPresent(String.self, forKey: .description) ?? "")
     }
 
@@ -120,5 +127,6 @@ public struct ModelCard: Codable, Equatable, Sendable {
         if let steps, steps < 1 {
             throw ContractError(field: "model.steps", message: "must be >= 1, got \(steps)")
         }
+        try latentRange?.validate()
     }
 }

@@ -65,6 +65,9 @@ public final class DiffusionPipeline {
         if UInt64(settings.seed) + UInt64(settings.imageCount - 1) > UInt64(UInt32.max) {
             throw PipelineError.invalidRequest("seed \(settings.seed) + \(settings.imageCount - 1) images passes 2**32 - 1")
         }
+        if settings.clamp {
+            try checkClamp()
+        }
         if card.isStudent {
             guard card.wMin <= w && w <= card.wMax else {
                 throw PipelineError.invalidRequest("w=\(w) is outside this student's range [\(card.wMin), \(card.wMax)] "
@@ -86,7 +89,20 @@ public final class DiffusionPipeline {
         return ResolvedSettings(steps: steps, w: w, sampler: sampler, seed: settings.seed, imageCount: settings.imageCount,
                                 negativePrompt: negativePrompt, truncatePrompts: settings.truncatePrompts,
                                 timesteps: timesteps, warnings: warnings, latentShape: size.shape,
-                                imageHeight: size.height, imageWidth: size.width)
+                                imageHeight: size.height, imageWidth: size.width, clamp: settings.clamp)
+    }
+
+    /// Clamping needs the card's latent range, with one bound pair per latent channel (`_check_clamp`).
+    private func checkClamp() throws {
+        guard let range = configuration.card.latentRange else {
+            throw PipelineError.invalidRequest("clamp needs the data latents' range, and this model's card records none "
+                                                   + "(students distilled by ane-diffusion from in-memory data carry one)")
+        }
+        let channels = configuration.latentShape.first ?? 0
+        guard range.channels == channels else {
+            throw PipelineError.invalidRequest("the card's latent_range has \(range.channels) channels; the latents have "
+                                                   + "\(channels)")
+        }
     }
 
     /// Generate `settings.imageCount` images for one prompt.
@@ -135,7 +151,7 @@ public final class DiffusionPipeline {
                 ImageMetadata(prompt: prompt, negativePrompt: s.negativePrompt, seed: s.seed + UInt32(i), steps: s.steps,
                               w: s.w, guidanceScale: Guidance.guidanceScale(w: s.w), sampler: s.sampler.rawValue,
                               height: s.imageHeight, width: s.imageWidth,
-                              modelKind: card.kind.rawValue)
+                              modelKind: card.kind.rawValue, clamp: s.clamp)
             }
         }
         return GenerationResult(images: images, latents: latents, metadata: metadata, timings: timings, warnings: s.warnings)
@@ -150,7 +166,8 @@ public final class DiffusionPipeline {
         let denoiser = GuidedDenoiser(model: unet, predictionType: configuration.card.predictionType,
                                       isStudent: configuration.card.isStudent, schedule: configuration.schedule,
                                       cond: cond.repeatingRows(s.imageCount), uncond: uncond?.repeatingRows(s.imageCount),
-                                      w: s.w, onModelCall: { calls.append($0) })
+                                      w: s.w, clampRange: s.clamp ? configuration.card.latentRange : nil,
+                                      onModelCall: { calls.append($0) })
         defer {
             timings.unet += calls.reduce(0, +)
             timings.unetCalls += calls.count

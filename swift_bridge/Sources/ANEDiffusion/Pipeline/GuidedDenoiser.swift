@@ -1,7 +1,7 @@
 /// `denoise(z, t) -> x_hat` for a model and its conditioning (`Pipeline.denoiser` in Python):
 /// one batch-`B` call for a student that takes `w`, or one batch-`2B` classifier-free-guidance
 /// call for a teacher (unconditional rows first), then the card's prediction type turned into
-/// a clean-sample estimate.
+/// a clean-sample estimate, clipped to `clampRange` when one is given.
 public struct GuidedDenoiser {
     public let model: DenoisingModel
     public let predictionType: PredictionType
@@ -13,11 +13,15 @@ public struct GuidedDenoiser {
     public let uncond: Tensor?
     /// The paper's guidance weight (guidance_scale = 1 + w).
     public let w: Double
+    /// Clip each estimate `x_hat` `(B, C, h, w)` per channel to this range (static thresholding);
+    /// `nil`: no clipping.
+    public let clampRange: LatentRange?
     /// Called with the seconds each model call took.
     public var onModelCall: ((Double) -> Void)?
 
     public init(model: DenoisingModel, predictionType: PredictionType, isStudent: Bool, schedule: NoiseSchedule,
-                cond: Tensor, uncond: Tensor?, w: Double, onModelCall: ((Double) -> Void)? = nil) {
+                cond: Tensor, uncond: Tensor?, w: Double, clampRange: LatentRange? = nil,
+                onModelCall: ((Double) -> Void)? = nil) {
         self.model = model
         self.predictionType = predictionType
         self.isStudent = isStudent
@@ -25,6 +29,7 @@ public struct GuidedDenoiser {
         self.cond = cond
         self.uncond = uncond
         self.w = w
+        self.clampRange = clampRange
         self.onModelCall = onModelCall
     }
 
@@ -51,6 +56,7 @@ public struct GuidedDenoiser {
             throw PipelineError.badModelOutput("the UNet returned shape \(out.shape) for latents of shape \(z.shape)")
         }
         let (alpha, sigma) = try schedule.alphaSigma(t)
-        return predictionType.x0(prediction: out, z: z, alpha: alpha, sigma: sigma)
+        let x0 = predictionType.x0(prediction: out, z: z, alpha: alpha, sigma: sigma)
+        return try clampRange?.clamp(x0) ?? x0
     }
 }

@@ -72,11 +72,16 @@ public struct GenerationSettings: Sendable {
     /// Image size; `nil` takes the export's default. A multi-size export takes any size it lists.
     public var height: Int?
     public var width: Int?
+    /// Clip every step's clean-sample estimate `x_hat` `(B, C, h, w)` per channel to the card's
+    /// ``ModelCard/latentRange`` (static thresholding, see ``LatentRange``); the card must have one.
+    public var clamp: Bool
 
     public init(steps: Int? = nil, w: Double? = nil, sampler: Sampler? = nil, seed: UInt32 = 0, imageCount: Int = 1,
-                negativePrompt: String = "", truncatePrompts: Bool = false, height: Int? = nil, width: Int? = nil) {
+                negativePrompt: String = "", truncatePrompts: Bool = false, height: Int? = nil, width: Int? = nil,
+                clamp: Bool = false) {
         self.height = height
         self.width = width
+        self.clamp = clamp
         self.steps = steps
         self.w = w
         self.sampler = sampler
@@ -104,6 +109,8 @@ public struct ResolvedSettings: Equatable, Sendable {
     public var latentShape: [Int] = []
     public var imageHeight: Int = 0
     public var imageWidth: Int = 0
+    /// Clip each step's `x_hat` to the card's latent range (checked: the card has one that fits).
+    public var clamp: Bool = false
 }
 
 /// Seconds spent in each model, as the Python pipeline reports them.
@@ -135,13 +142,30 @@ public struct ImageMetadata: Codable, Equatable, Sendable {
     public var height: Int
     public var width: Int
     public var modelKind: String
+    /// Whether each step's `x_hat` was clipped to the card's latent range.
+    public var clamp: Bool
     public var generator: String = "ane-diffusion"
 
     enum CodingKeys: String, CodingKey {
-        case prompt, seed, steps, w, sampler, height, width, generator
+        case prompt, seed, steps, w, sampler, height, width, clamp, generator
         case negativePrompt = "negative_prompt"
         case guidanceScale = "guidance_scale"
         case modelKind = "model_kind"
+    }
+}
+
+extension ImageMetadata {
+    /// Metadata written before `clamp` existed decodes with `clamp == false`.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(prompt: try c.decode(String.self, forKey: .prompt),
+                  negativePrompt: try c.decode(String.self, forKey: .negativePrompt),
+                  seed: try c.decode(UInt32.self, forKey: .seed), steps: try c.decode(Int.self, forKey: .steps),
+                  w: try c.decode(Double.self, forKey: .w), guidanceScale: try c.decode(Double.self, forKey: .guidanceScale),
+                  sampler: try c.decode(String.self, forKey: .sampler), height: try c.decode(Int.self, forKey: .height),
+                  width: try c.decode(Int.self, forKey: .width), modelKind: try c.decode(String.self, forKey: .modelKind),
+                  clamp: try c.decodeIfPresent(Bool.self, forKey: .clamp) ?? false,
+                  generator: try c.decode(String.self, forKey: .generator))
     }
 }
 
