@@ -1,5 +1,7 @@
 """The quality harness with every x estimate clamped to the data latents' range (issue 11, section 9
-of README.md here): a diagnostic for the epsilon students' colour burn at high w, not a runtime option.
+of README.md here): a diagnostic for the epsilon students' colour burn at high w. Superseded by the
+runtime option (``generate --clamp``, ``benchmarks/quality.py --clamp``, bounds from each model's card;
+section 10); kept to reproduce section 9's runs.
 
 Run from the repository root:
     python benchmarks/results/issue11/clamp_quality.py --latents CACHE.safetensors QUALITY_ARGS ...
