@@ -20,16 +20,18 @@ DEFAULT_WS = (0.0, 1.0, 3.0, 6.0)
 
 
 def sweep_images(pipe, prompts: Sequence[str], ws: Sequence[float], steps: int, seed: int,
-                 images_per_prompt: int, sampler: str = "ddim") -> dict[float, list]:
+                 images_per_prompt: int, sampler: str = "ddim", clamp: bool = False) -> dict[float, list]:
     """``{w: PIL images}`` of one loaded pipeline: ``images_per_prompt`` images per prompt,
-    prompt-major, each with its own noise (:mod:`.noise`), the same noise at every w."""
+    prompt-major, each with its own noise (:mod:`.noise`), the same noise at every w; ``clamp``:
+    x estimates clipped to the card's latent range (``Settings.clamp``)."""
     from ane_diffusion.pipeline import Settings
 
     from .noise import text_to_image_distinct
 
     out = {}
     for w in ws:
-        settings = Settings(steps=steps, w=float(w), sampler=sampler, seed=seed, num_images=images_per_prompt)
+        settings = Settings(steps=steps, w=float(w), sampler=sampler, seed=seed, num_images=images_per_prompt,
+                            clamp=clamp)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="this student was distilled for")
             out[float(w)] = text_to_image_distinct(pipe, list(prompts), settings).images

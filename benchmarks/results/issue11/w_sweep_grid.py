@@ -5,7 +5,8 @@ Run from the repository root (about 2 minutes, 1 thread):
     python benchmarks/results/issue11/w_sweep_grid.py OUT.png teacher=demo-teacher:16 shipped=demo-4step:4 \\
         LABEL=STUDENT:STEPS ...
 
-Each argument is a row label, a bundle and its DDIM step count; every model sees the same three prompts and the
+Each argument is a row label, a bundle and its DDIM step count (``LABEL=BUNDLE:STEPS:clamp``: with the x
+estimates clamped to the card's latent range, ``--clamp``); every model sees the same three prompts and the
 same noise (seed 7, :func:`benchmarks.quality.wsweep.sweep_images`); drawn by the harness's
 :func:`benchmarks.quality.harness.sample_grid` with 64-pixel tiles, each row labelled."""
 import sys
@@ -24,17 +25,19 @@ PROMPTS = ("a large yellow circle at the top right on a black background",
            "a large green triangle in the center on a white background")
 
 
-def parse(arg: str) -> tuple[str, str, int]:
-    """``LABEL=BUNDLE:STEPS`` -> (label, bundle, steps)."""
+def parse(arg: str) -> tuple[str, str, int, bool]:
+    """``LABEL=BUNDLE:STEPS[:clamp]`` -> (label, bundle, steps, clamp)."""
     label, rest = arg.split("=", 1)
-    bundle, steps = rest.rsplit(":", 1)
-    return label, bundle, int(steps)
+    clamp = rest.endswith(":clamp")
+    bundle, steps = rest.removesuffix(":clamp").rsplit(":", 1)
+    return label, bundle, int(steps), clamp
 
 
 out, models = sys.argv[1], [parse(arg) for arg in sys.argv[2:]]
 rows = []
-for label, bundle, steps in models:
-    by_w = sweep_images(load_pipeline(bundle), PROMPTS, WS, steps, 7, 1)
+for label, bundle, steps, clamp in models:
+    by_w = sweep_images(load_pipeline(bundle), PROMPTS, WS, steps, 7, 1, clamp=clamp)
     rows += [(f"{label} {steps}", [by_w[w][i] for w in WS]) for i in range(len(PROMPTS))]
 sample_grid(rows, cell=64).save(out)
-print(out, "rows:", ", ".join(f"{label} = {bundle} at {steps} steps" for label, bundle, steps in models))
+print(out, "rows:", ", ".join(f"{label} = {bundle} at {steps} steps{' clamped' * clamp}"
+                              for label, bundle, steps, clamp in models))
